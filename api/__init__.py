@@ -1,0 +1,1 @@
+"""Wire protocol, servers, client library and CLI."""

@@ -1,0 +1,1 @@
+"""Fault-injection suite (built in the chaos issue)."""

@@ -1,0 +1,1 @@
+"""Raft replication of the storage state machine (built in the cluster issue)."""

@@ -1,0 +1,161 @@
+"""Commands: everything a client does to a stream or consumer, as data.
+
+A command is applied in a Raft entry that also carries the leader's clock
+(`Entry.time_ns`), so a command never needs a timestamp of its own. Commands
+travel as msgpack lists `[op, fields]` (see `encode`/`decode`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+import msgpack
+
+from .config import ConsumerConfig, StreamConfig
+
+
+@dataclass
+class Command:
+    op: ClassVar[str] = ""
+
+    def to_wire(self) -> list:
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
+        return [self.op, d]
+
+
+@dataclass
+class AddStream(Command):
+    op: ClassVar[str] = "stream.add"
+    config: StreamConfig = field(default_factory=StreamConfig)
+
+
+@dataclass
+class UpdateStream(Command):
+    op: ClassVar[str] = "stream.update"
+    config: StreamConfig = field(default_factory=StreamConfig)
+
+
+@dataclass
+class DeleteStream(Command):
+    op: ClassVar[str] = "stream.delete"
+    stream: str = ""
+
+
+@dataclass
+class PurgeStream(Command):
+    op: ClassVar[str] = "stream.purge"
+    stream: str = ""
+    filter: Optional[str] = None
+    seq: Optional[int] = None     # purge everything below seq (exclusive)
+    keep: Optional[int] = None    # keep the newest `keep` messages
+
+
+@dataclass
+class Publish(Command):
+    """Store a message. Expectations and dedupe travel in headers, as in JetStream
+    (Nats-Msg-Id, Nats-Expected-Stream, Nats-Expected-Last-Sequence,
+    Nats-Expected-Last-Subject-Sequence, Nats-Expected-Last-Msg-Id, Nats-Rollup)."""
+    op: ClassVar[str] = "pub"
+    subject: str = ""
+    data: bytes = b""
+    headers: Optional[dict] = None
+
+
+@dataclass
+class DeleteMsg(Command):
+    op: ClassVar[str] = "msg.delete"
+    stream: str = ""
+    seq: int = 0
+    no_erase: bool = True
+
+
+@dataclass
+class AddConsumer(Command):
+    op: ClassVar[str] = "consumer.add"
+    stream: str = ""
+    config: ConsumerConfig = field(default_factory=ConsumerConfig)
+    action: str = ""   # "" = create or update, "create", "update"
+
+
+@dataclass
+class DeleteConsumer(Command):
+    op: ClassVar[str] = "consumer.delete"
+    stream: str = ""
+    consumer: str = ""
+
+
+@dataclass
+class NextMsgs(Command):
+    """Take the next batch for delivery: redeliveries first, then new messages."""
+    op: ClassVar[str] = "consumer.next"
+    stream: str = ""
+    consumer: str = ""
+    batch: int = 1
+    max_bytes: int = 0
+
+
+ACK, NAK, PROGRESS, TERM = "ack", "nak", "progress", "term"
+
+
+@dataclass
+class Ack(Command):
+    """Acknowledge one delivered message, by stream sequence. `kind` is ack, nak
+    (with optional delay), progress (+WPI) or term (with reason)."""
+    op: ClassVar[str] = "consumer.ack"
+    stream: str = ""
+    consumer: str = ""
+    stream_seq: int = 0
+    kind: str = ACK
+    delay: float = 0.0            # seconds, nak only
+    reason: Optional[str] = None  # term only
+
+
+@dataclass
+class Touch(Command):
+    """Mark a consumer active (a waiting pull or a bound push subscriber)."""
+    op: ClassVar[str] = "consumer.touch"
+    stream: str = ""
+    consumer: str = ""
+
+
+@dataclass
+class Sweep(Command):
+    """Do the time-driven work due at the entry's time: max_age expiry, the
+    max_deliver check of expired deliveries, inactive consumer removal,
+    dedupe window pruning."""
+    op: ClassVar[str] = "sweep"
+
+
+COMMANDS: dict[str, type[Command]] = {c.op: c for c in [
+    AddStream, UpdateStream, DeleteStream, PurgeStream, Publish, DeleteMsg, AddConsumer, DeleteConsumer,
+    NextMsgs, Ack, Touch, Sweep]}
+
+
+def from_wire(item: list) -> Command:
+    op, d = item
+    cls = COMMANDS[op]
+    if cls in (AddStream, UpdateStream):
+        d = dict(d, config=StreamConfig.from_dict(d.get("config")))
+    elif cls is AddConsumer:
+        d = dict(d, config=ConsumerConfig.from_dict(d.get("config")))
+    return cls(**d)
+
+
+def encode(commands: list[Command]) -> bytes:
+    return msgpack.packb([c.to_wire() for c in commands], use_bin_type=True)
+
+
+def decode(blob: bytes) -> list[Command]:
+    return [from_wire(x) for x in msgpack.unpackb(blob, raw=False)]
+
+
+@dataclass
+class Entry:
+    """One Raft log entry: its index, the leader's clock, and the commands it carries."""
+    index: int
+    time_ns: int
+    commands: list

@@ -1,0 +1,191 @@
+"""Ordered key-value backends and the per-entry transaction over them.
+
+`RocksBackend` keeps file streams on disk; `MemoryBackend` keeps memory
+streams in a sorted dict in this process. Both are read and written only
+through a `Tx`: the writes of one Raft entry are staged in the Tx (so later
+commands of the same entry read them) and land in one atomic write.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import rocksdict
+from sortedcontainers import SortedDict
+
+from .errors import StoreCorruptError
+
+Range = tuple[bytes, bytes]
+
+
+class RocksBackend:
+    def __init__(self, path: str, sync: bool = True):
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_paranoid_checks(True)
+        self.path = path
+        self.db = rocksdict.Rdict(path, opts)
+        self.write_opts = rocksdict.WriteOptions()
+        self.write_opts.sync = sync
+        self.read_opts = rocksdict.ReadOptions()
+        self.read_opts.set_verify_checksums(True)
+        self.db.set_read_options(self.read_opts)
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self.db.get(key)
+
+    def scan(self, lo: bytes, hi: bytes, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        it = self.db.iter(self.read_opts)
+        if reverse:
+            it.seek_for_prev(hi)
+            if it.valid() and it.key() >= hi:
+                it.prev()
+            while it.valid():
+                k = it.key()
+                if k < lo:
+                    break
+                yield k, it.value()
+                it.prev()
+        else:
+            it.seek(lo)
+            while it.valid():
+                k = it.key()
+                if k >= hi:
+                    break
+                yield k, it.value()
+                it.next()
+        # A damaged block ends iteration without an exception; only status() tells.
+        try:
+            it.status()
+        except Exception as e:  # rocksdict raises its own error type
+            raise StoreCorruptError(f"RocksDB read failed in {self.path}: {e}") from e
+
+    def commit(self, writes: dict, ranges: list[Range]) -> None:
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        for lo, hi in ranges:
+            wb.delete_range(lo, hi)
+        for k, v in writes.items():
+            if v is None:
+                wb.delete(k)
+            else:
+                wb.put(k, v)
+        self.db.write(wb, self.write_opts)
+
+    def verify(self) -> int:
+        """Read every key with checksum verification; returns the key count."""
+        n = 0
+        for _ in self.scan(b"", b"\xff" * 16):
+            n += 1
+        return n
+
+    def checkpoint(self, path: str) -> None:
+        rocksdict.Checkpoint(self.db).create_checkpoint(path)
+
+    def flush_wal(self) -> None:
+        self.db.flush_wal(True)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class MemoryBackend:
+    def __init__(self):
+        self.data: SortedDict = SortedDict()
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self.data.get(key)
+
+    def scan(self, lo: bytes, hi: bytes, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        # Materialise the keys first: the caller may write to the Tx while iterating,
+        # and commit() may later mutate the dict.
+        for k in list(self.data.irange(lo, hi, inclusive=(True, False), reverse=reverse)):
+            yield k, self.data[k]
+
+    def commit(self, writes: dict, ranges: list[Range]) -> None:
+        for lo, hi in ranges:
+            for k in list(self.data.irange(lo, hi, inclusive=(True, False))):
+                del self.data[k]
+        for k, v in writes.items():
+            if v is None:
+                self.data.pop(k, None)
+            else:
+                self.data[k] = v
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return list(self.data.items())
+
+    def load(self, items) -> None:
+        self.data = SortedDict(items)
+
+
+class Tx:
+    """Staged writes of one entry on one backend, readable before commit."""
+
+    __slots__ = ("base", "writes", "ranges")
+
+    def __init__(self, base):
+        self.base = base
+        self.writes: dict[bytes, Optional[bytes]] = {}
+        self.ranges: list[Range] = []
+
+    def _range_deleted(self, key: bytes) -> bool:
+        return any(lo <= key < hi for lo, hi in self.ranges)
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        w = self.writes
+        if key in w:
+            return w[key]
+        if self.ranges and self._range_deleted(key):
+            return None
+        return self.base.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.writes[key] = None
+
+    def delete_range(self, lo: bytes, hi: bytes) -> None:
+        for k in [k for k in self.writes if lo <= k < hi]:
+            del self.writes[k]
+        self.ranges.append((lo, hi))
+
+    def scan(self, lo: bytes, hi: bytes, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in [lo, hi) in order, the staged writes merged over the base."""
+        staged = sorted((k for k in self.writes if lo <= k < hi), reverse=reverse)
+        base = ((k, v) for k, v in self.base.scan(lo, hi, reverse) if k not in self.writes
+                and not (self.ranges and self._range_deleted(k)))
+        si = 0
+        for bk, bv in base:
+            while si < len(staged) and ((staged[si] < bk) != reverse):
+                k = staged[si]
+                si += 1
+                v = self.writes.get(k)
+                if v is not None:
+                    yield k, v
+            yield bk, bv
+        while si < len(staged):
+            k = staged[si]
+            si += 1
+            v = self.writes.get(k)
+            if v is not None:
+                yield k, v
+
+    def first(self, lo: bytes, hi: bytes, reverse: bool = False) -> Optional[tuple[bytes, bytes]]:
+        for kv in self.scan(lo, hi, reverse):
+            return kv
+        return None
+
+    def commit(self) -> None:
+        if self.writes or self.ranges:
+            self.base.commit(self.writes, self.ranges)
+        self.writes = {}
+        self.ranges = []
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,54 @@
+"""Base for the dataclasses that cross the wire: dict in, dict out.
+
+`from_dict` ignores unknown keys (an older peer must read a newer one's
+configs); `to_dict` drops None so defaults stay the receiver's business.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from enum import Enum
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="Base")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, Base):
+        return v.to_dict()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+class Base:
+    # Fields whose value is a nested Base dataclass (or list of them), by name.
+    _nested: typing.ClassVar[dict[str, type]] = {}
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict | None) -> T:
+        if d is None:
+            d = {}
+        if isinstance(d, cls):
+            return d
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {}
+        for k, v in d.items():
+            if k not in names:
+                continue
+            nested = cls._nested.get(k)
+            if nested is not None and v is not None:
+                v = [nested.from_dict(x) for x in v] if isinstance(v, list) else nested.from_dict(v)
+            kw[k] = _plain(v) if not isinstance(v, Base) and not isinstance(v, list) else v
+        return cls(**kw)
+
+    def evolve(self: T, **kw) -> T:
+        return dataclasses.replace(self, **kw)

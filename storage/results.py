@@ -1,0 +1,116 @@
+"""Results of commands and reads, with JetStream's field names."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .config import ConsumerConfig, StreamConfig
+from .model import Base
+
+
+@dataclass
+class PubAck(Base):
+    stream: str
+    seq: int
+    duplicate: Optional[bool] = None
+    domain: Optional[str] = None
+
+
+@dataclass
+class StreamState(Base):
+    messages: int = 0
+    bytes: int = 0
+    first_seq: int = 0
+    first_ts: int = 0        # unix ns
+    last_seq: int = 0
+    last_ts: int = 0         # unix ns
+    num_subjects: int = 0
+    num_deleted: int = 0
+    consumer_count: int = 0
+
+
+@dataclass
+class StreamInfo(Base):
+    _nested = {"config": StreamConfig, "state": StreamState}
+    config: StreamConfig
+    state: StreamState
+    created: int = 0         # unix ns
+    cluster: Optional[dict] = None
+    ts: int = 0
+
+
+@dataclass
+class SequenceInfo(Base):
+    consumer_seq: int = 0
+    stream_seq: int = 0
+    last_active: Optional[int] = None   # unix ns
+
+
+@dataclass
+class ConsumerInfo(Base):
+    _nested = {"config": ConsumerConfig, "delivered": SequenceInfo, "ack_floor": SequenceInfo}
+    stream_name: str
+    name: str
+    config: ConsumerConfig
+    created: int = 0
+    delivered: SequenceInfo = field(default_factory=SequenceInfo)
+    ack_floor: SequenceInfo = field(default_factory=SequenceInfo)
+    num_ack_pending: int = 0
+    num_redelivered: int = 0
+    num_waiting: int = 0
+    num_pending: int = 0
+    cluster: Optional[dict] = None
+    push_bound: Optional[bool] = None
+    ts: int = 0
+
+
+@dataclass
+class StoredMsg(Base):
+    """A message as stored (get message)."""
+    stream: str
+    subject: str
+    seq: int
+    data: bytes
+    headers: Optional[dict]
+    time: int                # unix ns
+
+
+@dataclass
+class DeliveredMsg(Base):
+    """A message handed to a consumer, with the metadata of its `$JS.ACK` reply."""
+    stream: str
+    consumer: str
+    subject: str
+    data: bytes
+    headers: Optional[dict]
+    stream_seq: int
+    consumer_seq: int
+    num_delivered: int
+    num_pending: int
+    time: int                # unix ns, when the message was stored
+
+
+@dataclass
+class PurgeResponse(Base):
+    success: bool = True
+    purged: int = 0
+
+
+@dataclass
+class AckResult(Base):
+    """`applied` is False when the ack referred to nothing pending (already acked,
+    never delivered, or the consumer uses ack_policy none): JetStream accepts
+    such acks silently."""
+    applied: bool = True
+
+
+@dataclass
+class Event(Base):
+    """Something applying produced that the serving node announces after commit."""
+    kind: str                # "stored", "max_deliveries", "terminated", "consumer_deleted", "stream_deleted"
+    stream: str
+    consumer: Optional[str] = None
+    stream_seq: Optional[int] = None
+    deliveries: Optional[int] = None
+    reason: Optional[str] = None
+    subject: Optional[str] = None
