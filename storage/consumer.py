@@ -150,12 +150,19 @@ class ConsumerRec:
     def num_redelivered(self) -> int:
         return sum(1 for p in self.pending.values() if not p[P_EXHAUSTED] and p[P_DELIVERIES] > 1)
 
+    def delivered_sseq(self) -> int:
+        """The stream sequence reported as delivered. While last_per_subject seqs
+        remain, `sseq` already sits on the last of them (it is the scan cursor for
+        what follows them), so report the one just before the next to deliver, as
+        JetStream does; otherwise undelivered messages would look delivered/acked."""
+        return self.lps[0] - 1 if self.lps else self.sseq
+
     def ack_floor(self) -> tuple[int, int]:
         """(consumer_seq, stream_seq) below which everything delivered is acked (or
         terminated, or past max_deliver); never beyond what was delivered."""
         live = [s for s, p in self.pending.items() if not p[P_EXHAUSTED]]
         if not live:
-            return self.dseq, self.sseq
+            return self.dseq, self.delivered_sseq()
         first = min(live)
         return min(self.pending[s][P_CSEQ] for s in live) - 1, first - 1
 
@@ -163,7 +170,8 @@ class ConsumerRec:
         fc, fs = self.ack_floor()
         return ConsumerInfo(
             stream_name=stream, name=self.name, config=self.config, created=self.created,
-            delivered=SequenceInfo(consumer_seq=self.dseq, stream_seq=self.sseq, last_active=self.last_active),
+            delivered=SequenceInfo(consumer_seq=self.dseq, stream_seq=self.delivered_sseq(),
+                                    last_active=self.last_active),
             ack_floor=SequenceInfo(consumer_seq=fc, stream_seq=fs),
             num_ack_pending=self.num_ack_pending(), num_redelivered=self.num_redelivered(),
             num_waiting=0, num_pending=self.num_pending)
@@ -321,6 +329,20 @@ class ConsumerRec:
         for s in done:
             self._set_pending(s, None)
         return done
+
+    def work(self, now: int) -> tuple[bool, Optional[int]]:
+        """(something can be delivered now, earliest future redelivery deadline).
+        Lets a server decide whether proposing a delivery could yield anything."""
+        room = (not self.acks) or self.num_ack_pending() < self.config.max_ack_pending
+        ready = self.num_pending > 0 and room
+        later = None
+        for p in self.pending.values():
+            if p[P_EXHAUSTED]:
+                continue
+            if p[P_DEADLINE] <= now:
+                return True, None
+            later = p[P_DEADLINE] if later is None else min(later, p[P_DEADLINE])
+        return ready, later
 
     def forget(self, seq: int) -> None:
         """Stop tracking one delivery (term): only that message, whatever the ack policy."""

@@ -1,0 +1,560 @@
+"""The node's RPC server: connections, operations, fetch waiters, push delivery, core pub/sub.
+
+Every state change goes through `node.propose(...)`; every read that must see
+the latest writes goes through `node.read(...)`. The server itself keeps only
+connection state: subscriptions, waiting pulls, push delivery loops.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from storage import (
+    Ack, AddConsumer, AddStream, ConsumerConfig, DeleteConsumer, DeleteMsg, DeleteStream, NextMsgs, Publish,
+    PurgeStream, StreamConfig, Sweep, Touch, UpdateStream,
+)
+from storage.errors import (
+    BadRequestError, ConsumerNotFoundError, JSError, NoStreamForSubjectError, StreamNotFoundError,
+)
+from . import protocol as P
+from .subs import SubjectRouter, Subscription
+
+log = logging.getLogger("raftbroker.server")
+
+ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER"
+
+
+class MaxWaitingError(JSError):
+    code = 409
+    err_code = 10912
+    description = "Exceeded MaxWaiting"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4222
+    server_id: str = "n1"
+    token: Optional[str] = None
+    user: Optional[str] = None
+    password: Optional[str] = None
+    max_frame: int = P.DEFAULT_MAX_FRAME
+    max_payload: int = 8 * 1024 * 1024
+    max_inflight: int = 1024           # requests in progress per connection
+    max_subs: int = 1024               # subscriptions per connection
+    max_outbound_bytes: int = 8 * 1024 * 1024  # unsent bytes per connection before pushes pause
+    max_pub_batch: int = 1000
+    tick_s: float = 0.1                # how often waiting pulls and push loops re-check for work
+    sweep_s: float = 1.0               # how often the time-driven Sweep command is proposed
+    handshake_timeout_s: float = 5.0
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.token or self.user)
+
+
+class Connection:
+    def __init__(self, server: "Server", reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.decoder = P.Decoder(server.config.max_frame)
+        self.subs: dict[int, Subscription] = {}
+        self.inflight = 0
+        self.closed = False
+        self.name: Optional[str] = None
+
+    def send(self, frame) -> None:
+        if not self.closed:
+            self.writer.write(P.encode(frame))
+
+    def can_take(self) -> bool:
+        return not self.closed and \
+            self.writer.transport.get_write_buffer_size() < self.server.config.max_outbound_bytes
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+
+
+class Server:
+    def __init__(self, node, config: ServerConfig | None = None):
+        self.node = node
+        self.config = config or ServerConfig()
+        self.router = SubjectRouter()
+        self.conns: set[Connection] = set()
+        self._changed = asyncio.Event()
+        self._waiting: dict[tuple[str, str], int] = {}      # (stream, consumer) -> waiting pulls
+        self._push_loops: dict[tuple[str, str], asyncio.Task] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._ops = {
+            "stream.add": self.op_stream_add, "stream.update": self.op_stream_update,
+            "stream.delete": self.op_stream_delete, "stream.info": self.op_stream_info,
+            "stream.names": self.op_stream_names, "stream.list": self.op_stream_list,
+            "stream.purge": self.op_stream_purge, "msg.get": self.op_msg_get, "msg.delete": self.op_msg_delete,
+            "pub": self.op_pub, "pub.batch": self.op_pub_batch,
+            "consumer.add": self.op_consumer_add, "consumer.delete": self.op_consumer_delete,
+            "consumer.info": self.op_consumer_info, "consumer.names": self.op_consumer_names,
+            "consumer.list": self.op_consumer_list, "fetch": self.op_fetch, "ack": self.op_ack,
+            "ack.next": self.op_ack_next, "sub": self.op_sub, "unsub": self.op_unsub, "cpub": self.op_cpub,
+        }
+        node.add_listener(self._on_events)
+
+    # == lifecycle =======================================================================
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port,
+                                                  limit=self.config.max_frame + 8)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._spawn(self._ticker())
+        await self._ensure_push_loops()
+        log.info("rpc server listening", extra={"port": self.port})
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+        for c in list(self.conns):
+            c.close()
+        for t in list(self._tasks) + list(self._push_loops.values()):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._push_loops.values(), return_exceptions=True)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _info(self) -> P.Info:
+        name, addr = self.node.leader
+        c = self.config
+        return P.Info(server_id=c.server_id, max_frame=c.max_frame, max_payload=c.max_payload,
+                      max_inflight=c.max_inflight, max_subs=c.max_subs, auth_required=c.auth_required,
+                      leader=name, leader_addr=addr)
+
+    # == connections =====================================================================
+    async def _handle(self, reader, writer) -> None:
+        conn = Connection(self, reader, writer)
+        self.conns.add(conn)
+        try:
+            conn.send(self._info())
+            if await self._handshake(conn):
+                await self._read_loop(conn)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            self.conns.discard(conn)
+            self.router.remove_conn(conn)
+            conn.close()
+
+    async def _next_frame(self, conn: Connection, timeout: Optional[float] = None):
+        while True:
+            try:
+                frame = conn.decoder.next()
+            except P.ProtocolError as e:
+                conn.send(P.Error(0, 400, e.err_code, e.description))
+                if e.fatal:
+                    await conn.writer.drain()
+                    return None
+                continue
+            if frame is not None:
+                return frame
+            data = await asyncio.wait_for(conn.reader.read(65536), timeout) if timeout else \
+                await conn.reader.read(65536)
+            if not data:
+                return None
+            conn.decoder.feed(data)
+
+    async def _handshake(self, conn: Connection) -> bool:
+        try:
+            frame = await self._next_frame(conn, self.config.handshake_timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        if not isinstance(frame, P.Connect):
+            conn.send(P.Error(0, 400, P.ERR_NOT_CONNECTED, "the first frame must be CONNECT"))
+            return False
+        c = self.config
+        ok = True
+        if c.token and not (isinstance(frame.token, str) and secrets.compare_digest(frame.token, c.token)):
+            ok = False
+        if c.user and not (frame.user == c.user and isinstance(frame.password, str)
+                           and secrets.compare_digest(frame.password, c.password or "")):
+            ok = False
+        if not ok:
+            conn.send(P.Error(0, 401, P.ERR_AUTH, "authorization violation"))
+            await conn.writer.drain()
+            return False
+        conn.name = frame.name
+        conn.send(P.Response(0, {"ok": True}))
+        return True
+
+    async def _read_loop(self, conn: Connection) -> None:
+        while True:
+            frame = await self._next_frame(conn)
+            if frame is None:
+                return
+            if isinstance(frame, P.Request):
+                if conn.inflight >= self.config.max_inflight:
+                    conn.send(P.Error(frame.id, 429, P.ERR_TOO_MANY_INFLIGHT,
+                                      f"more than {self.config.max_inflight} requests in flight"))
+                    continue
+                conn.inflight += 1
+                self._spawn(self._serve(conn, frame))
+            elif isinstance(frame, P.Ping):
+                conn.send(P.Pong())
+            elif isinstance(frame, P.Pong):
+                pass
+            else:
+                conn.send(P.Error(0, 400, P.ERR_UNKNOWN_FRAME, f"unexpected {type(frame).__name__} frame"))
+
+    async def _serve(self, conn: Connection, req: P.Request) -> None:
+        try:
+            op = self._ops.get(req.op)
+            if op is None:
+                raise JSError(f"unknown operation {req.op!r}", code=400, err_code=P.ERR_UNKNOWN_OP)
+            body = req.body if req.body is not None else {}
+            if not isinstance(body, dict):
+                raise BadRequestError("request body must be a map")
+            result = await op(conn, body)
+            if req.id:
+                conn.send(P.Response(req.id, result))
+        except JSError as e:
+            if req.id:
+                conn.send(P.Error(req.id, e.code, e.err_code, e.description))
+        except (TypeError, ValueError, KeyError) as e:
+            if req.id:
+                conn.send(P.Error(req.id, 400, 10003, f"bad request: {e}"))
+        except Exception as e:
+            log.exception("operation failed", extra={"op": req.op})
+            if req.id:
+                conn.send(P.Error(req.id, 500, 10999, f"internal error: {e!r}"))
+        finally:
+            conn.inflight -= 1
+
+    # == helpers =========================================================================
+    async def _propose(self, cmd):
+        return await self.node.propose_one(cmd)
+
+    async def _read(self, fn):
+        return await self.node.read(fn)
+
+    def _wake(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    async def _wait_change(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _deliver_core(self, subject: str, data: bytes, headers=None, reply=None) -> None:
+        for sub in self.router.targets(subject, Connection.can_take):
+            if sub.conn.can_take():       # core messages are at most once: a slow reader misses them
+                sub.conn.send(P.Msg(sub.sid, subject, reply, headers, data))
+
+    @staticmethod
+    def _name(body: dict, key: str = "name") -> str:
+        v = body.get(key)
+        if not isinstance(v, str) or not v:
+            raise BadRequestError(f"{key} is required")
+        return v
+
+    # == streams =========================================================================
+    async def op_stream_add(self, conn, body):
+        return (await self._propose(AddStream(StreamConfig.from_dict(body)))).to_dict()
+
+    async def op_stream_update(self, conn, body):
+        return (await self._propose(UpdateStream(StreamConfig.from_dict(body)))).to_dict()
+
+    async def op_stream_delete(self, conn, body):
+        return {"success": await self._propose(DeleteStream(self._name(body)))}
+
+    async def op_stream_info(self, conn, body):
+        name = self._name(body)
+        return (await self._read(lambda s: s.stream_info(name))).to_dict()
+
+    async def op_stream_names(self, conn, body):
+        subject = body.get("subject")
+        return {"streams": await self._read(lambda s: s.stream_names(subject))}
+
+    async def op_stream_list(self, conn, body):
+        subject = body.get("subject")
+        return {"streams": await self._read(
+            lambda s: [s.stream_info(n).to_dict() for n in s.stream_names(subject)])}
+
+    async def op_stream_purge(self, conn, body):
+        r = await self._propose(PurgeStream(self._name(body), body.get("filter"), body.get("seq"),
+                                            body.get("keep")))
+        self._wake()
+        return r.to_dict()
+
+    async def op_msg_get(self, conn, body):
+        name = self._name(body)
+        seq, last, nxt = body.get("seq"), body.get("last_by_subj"), body.get("next_by_subj")
+        return (await self._read(lambda s: s.get_msg(name, seq, last, nxt))).to_dict()
+
+    async def op_msg_delete(self, conn, body):
+        return {"success": await self._propose(DeleteMsg(self._name(body), int(body.get("seq") or 0),
+                                                         bool(body.get("no_erase", True))))}
+
+    # == publish =========================================================================
+    def _publish_cmd(self, body: dict) -> Publish:
+        data = body.get("data", b"")
+        headers = body.get("headers")
+        if not isinstance(data, bytes):
+            raise BadRequestError("data must be bytes")
+        if len(data) > self.config.max_payload:
+            raise JSError("message size exceeds maximum allowed", code=400, err_code=10054)
+        return Publish(self._name(body, "subject"), data, headers)
+
+    async def op_pub(self, conn, body):
+        cmd = self._publish_cmd(body)
+        ack = await self._propose(cmd)
+        self._deliver_core(cmd.subject, cmd.data, cmd.headers)
+        return ack.to_dict()
+
+    async def op_pub_batch(self, conn, body):
+        msgs = body.get("msgs")
+        if not isinstance(msgs, list) or not msgs or len(msgs) > self.config.max_pub_batch:
+            raise BadRequestError(f"msgs must be a list of 1..{self.config.max_pub_batch} messages")
+        cmds = [self._publish_cmd(m) for m in msgs]
+        results = await self.node.propose(cmds)
+        out = []
+        for cmd, r in zip(cmds, results):
+            if isinstance(r, JSError):
+                out.append({"error": r.to_wire()})
+            else:
+                out.append(r.to_dict())
+                self._deliver_core(cmd.subject, cmd.data, cmd.headers)
+        return {"acks": out}
+
+    async def op_cpub(self, conn, body):
+        """Core publish: live subscribers get it at most once; a stream that captures
+        the subject stores it too (as in NATS)."""
+        subject = self._name(body, "subject")
+        data = body.get("data", b"")
+        headers, reply = body.get("headers"), body.get("reply")
+        if not isinstance(data, bytes):
+            raise BadRequestError("data must be bytes")
+        if await self._read(lambda s: s.find_stream(subject)) is not None:
+            try:
+                await self._propose(Publish(subject, data, headers))
+            except JSError:
+                pass   # a core publish has no ack to carry the error
+        self._deliver_core(subject, data, headers, reply)
+        return {"ok": True}
+
+    # == core subscriptions ==============================================================
+    async def op_sub(self, conn: Connection, body):
+        sid, subject, queue = body.get("sid"), self._name(body, "subject"), body.get("queue")
+        if not isinstance(sid, int) or sid <= 0:
+            raise BadRequestError("sid must be a positive integer")
+        from storage.subjects import is_valid_subject
+        if not is_valid_subject(subject):
+            raise BadRequestError(f"invalid subject {subject!r}")
+        if sid not in conn.subs and len(conn.subs) >= self.config.max_subs:
+            raise JSError(f"more than {self.config.max_subs} subscriptions", code=400, err_code=P.ERR_TOO_MANY_SUBS)
+        old = conn.subs.pop(sid, None)
+        if old:
+            self.router.remove(old)
+        sub = Subscription(conn, sid, subject, queue or None)
+        conn.subs[sid] = sub
+        self.router.add(sub)
+        await self._ensure_push_loops()
+        return {"ok": True}
+
+    async def op_unsub(self, conn: Connection, body):
+        sub = conn.subs.pop(body.get("sid"), None)
+        if sub:
+            self.router.remove(sub)
+        return {"ok": True}
+
+    # == consumers =======================================================================
+    async def op_consumer_add(self, conn, body):
+        stream = self._name(body, "stream")
+        cfg = ConsumerConfig.from_dict(body.get("config") or {})
+        info = await self._propose(AddConsumer(stream, cfg, body.get("action") or ""))
+        await self._ensure_push_loops()
+        return self._with_waiting(info).to_dict()
+
+    async def op_consumer_delete(self, conn, body):
+        return {"success": await self._propose(DeleteConsumer(self._name(body, "stream"), self._name(body)))}
+
+    def _with_waiting(self, info):
+        info.num_waiting = self._waiting.get((info.stream_name, info.name), 0)
+        if info.config.deliver_subject:
+            info.push_bound = self.router.has_interest(info.config.deliver_subject)
+        return info
+
+    async def op_consumer_info(self, conn, body):
+        stream, name = self._name(body, "stream"), self._name(body)
+        return self._with_waiting(await self._read(lambda s: s.consumer_info(stream, name))).to_dict()
+
+    async def op_consumer_names(self, conn, body):
+        stream = self._name(body, "stream")
+        return {"consumers": await self._read(lambda s: s.consumer_names(stream))}
+
+    async def op_consumer_list(self, conn, body):
+        stream = self._name(body, "stream")
+        infos = await self._read(lambda s: [s.consumer_info(stream, n) for n in s.consumer_names(stream)])
+        return {"consumers": [self._with_waiting(i).to_dict() for i in infos]}
+
+    async def op_fetch(self, conn, body):
+        """Pull: up to `batch` messages; waits up to `expires` seconds for the first
+        one unless `no_wait`; an empty list when nothing came."""
+        stream, consumer = self._name(body, "stream"), self._name(body, "consumer")
+        batch = body.get("batch", 1)
+        if not isinstance(batch, int) or batch < 1:
+            raise BadRequestError("batch must be a positive integer")
+        expires = float(body.get("expires") or 0)
+        max_bytes = int(body.get("max_bytes") or 0)
+        deadline = time.monotonic() + max(expires, 0)
+        key = (stream, consumer)
+        waiting = False
+        try:
+            while True:
+                ready, _ = await self._read(lambda s: s.consumer_work(stream, consumer, time.time_ns()))
+                if ready:
+                    msgs = await self._propose(NextMsgs(stream, consumer, batch, max_bytes))
+                    if msgs:
+                        return {"msgs": [m.to_dict() for m in msgs]}
+                remaining = deadline - time.monotonic()
+                if body.get("no_wait") or remaining <= 0:
+                    return {"msgs": []}
+                if not waiting:
+                    cfg = (await self._read(lambda s: s.consumer_info(stream, consumer))).config
+                    if self._waiting.get(key, 0) >= (cfg.max_waiting or 0):
+                        raise MaxWaitingError()
+                    self._waiting[key] = self._waiting.get(key, 0) + 1
+                    waiting = True
+                await self._wait_change(min(remaining, self.config.tick_s))
+        finally:
+            if waiting:
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+
+    async def op_ack(self, conn, body):
+        stream, consumer = self._name(body, "stream"), self._name(body, "consumer")
+        kind = body.get("kind", "ack")
+        r = await self._propose(Ack(stream, consumer, int(body["seq"]), kind, float(body.get("delay") or 0),
+                                    body.get("reason")))
+        if kind in ("nak", "term"):
+            self._wake()
+        return r.to_dict()
+
+    async def op_ack_next(self, conn, body):
+        await self.op_ack(conn, body)
+        return await self.op_fetch(conn, dict(body, no_wait=body.get("no_wait", False)))
+
+    # == push consumers ===================================================================
+    async def _ensure_push_loops(self) -> None:
+        """Start a delivery loop for every push consumer whose deliver subject has a subscriber."""
+        def push_consumers(s):
+            out = []
+            for name in s.stream_names():
+                for cname in s.consumer_names(name):
+                    cfg = s.consumer_info(name, cname).config
+                    if cfg.deliver_subject:
+                        out.append((name, cname, cfg))
+            return out
+
+        for stream, cname, cfg in await self._read(push_consumers):
+            key = (stream, cname)
+            task = self._push_loops.get(key)
+            if (task is None or task.done()) and self.router.has_interest(cfg.deliver_subject):
+                self._push_loops[key] = asyncio.get_running_loop().create_task(self._push_loop(stream, cname, cfg))
+
+    async def _push_loop(self, stream: str, cname: str, cfg: ConsumerConfig) -> None:
+        subject = cfg.deliver_subject
+        hb = cfg.idle_heartbeat or 0
+        last_sent = time.monotonic()
+        try:
+            while True:
+                if not self.router.has_interest(subject):
+                    return
+                takers = [s for s in self.router.targets(subject, Connection.can_take) if s.conn.can_take()]
+                if not takers:
+                    # Back-pressure: nobody can take more; deliver nothing (and drop
+                    # nothing) until a subscriber's connection drains.
+                    await asyncio.sleep(self.config.tick_s)
+                    continue
+                ready, _ = await self._read(lambda s: s.consumer_work(stream, cname, time.time_ns()))
+                if ready:
+                    msgs = await self._propose(NextMsgs(stream, cname, 64))
+                    for m in msgs:
+                        meta = m.to_dict()
+                        for sub in self.router.targets(subject, Connection.can_take):
+                            sub.conn.send(P.Msg(sub.sid, subject, None, m.headers, m.data, meta))
+                    if msgs:
+                        last_sent = time.monotonic()
+                        continue
+                if hb and time.monotonic() - last_sent >= hb:
+                    for sub in self.router.targets(subject):
+                        sub.conn.send(P.Msg(sub.sid, subject, None, {"Status": "100", "Description": "Idle Heartbeat"},
+                                            b""))
+                    last_sent = time.monotonic()
+                await self._wait_change(self.config.tick_s)
+        except (ConsumerNotFoundError, StreamNotFoundError):
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("push delivery failed", extra={"stream": stream, "consumer": cname})
+        finally:
+            self._push_loops.pop((stream, cname), None)
+
+    # == time and events ==================================================================
+    async def _ticker(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            self._wake()
+            if time.monotonic() - last_sweep >= self.config.sweep_s and self.node.is_leader:
+                last_sweep = time.monotonic()
+                try:
+                    cmds = [Sweep()] + [Touch(s, c) for (s, c) in list(self._waiting) + list(self._push_loops)]
+                    await self.node.propose(cmds)
+                except JSError:
+                    pass
+
+    def _on_events(self, events) -> None:
+        wake = False
+        for ev in events:
+            if ev.kind == "stored":
+                wake = True
+            elif ev.kind in ("max_deliveries", "terminated"):
+                self._spawn(self._advisory(ev))
+            elif ev.kind in ("consumer_deleted", "stream_deleted"):
+                wake = True
+        if wake:
+            self._wake()
+
+    async def _advisory(self, ev) -> None:
+        if ev.kind == "max_deliveries":
+            subject = f"{ADVISORY_PREFIX}.MAX_DELIVERIES.{ev.stream}.{ev.consumer}"
+            body = {"type": "io.nats.jetstream.advisory.v1.max_deliver", "stream": ev.stream,
+                    "consumer": ev.consumer, "stream_seq": ev.stream_seq, "deliveries": ev.deliveries}
+        else:
+            subject = f"{ADVISORY_PREFIX}.MSG_TERMINATED.{ev.stream}.{ev.consumer}"
+            body = {"type": "io.nats.jetstream.advisory.v1.terminated", "stream": ev.stream,
+                    "consumer": ev.consumer, "stream_seq": ev.stream_seq, "deliveries": ev.deliveries,
+                    "reason": ev.reason or ""}
+        data = json.dumps(body).encode()
+        if self.node.is_leader:
+            try:
+                await self._propose(Publish(subject, data, None))
+            except NoStreamForSubjectError:
+                pass
+            except JSError:
+                log.warning("advisory not stored", extra={"subject": subject})
+        self._deliver_core(subject, data)

@@ -1,0 +1,56 @@
+"""Core subscriptions: who receives a message published on a subject.
+
+Plain subscribers each get a copy; members of a queue group share one copy
+per group, handed out round-robin, skipping members whose connection cannot
+take more right now (back-pressure) when another member can.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Optional
+
+from storage import subjects as subj
+
+
+@dataclass(eq=False)
+class Subscription:
+    conn: object            # the server's Connection
+    sid: int
+    subject: str
+    queue: Optional[str] = None
+
+
+class SubjectRouter:
+    def __init__(self):
+        self._subs: list[Subscription] = []
+        self._rr = itertools.count()
+
+    def add(self, sub: Subscription) -> None:
+        self._subs.append(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    def remove_conn(self, conn) -> None:
+        self._subs = [s for s in self._subs if s.conn is not conn]
+
+    def has_interest(self, subject: str) -> bool:
+        return any(subj.matches(s.subject, subject) for s in self._subs)
+
+    def targets(self, subject: str, can_take=lambda sub: True) -> list[Subscription]:
+        """The subscriptions one message on `subject` goes to."""
+        plain: list[Subscription] = []
+        groups: dict[str, list[Subscription]] = {}
+        for s in self._subs:
+            if subj.matches(s.subject, subject):
+                if s.queue:
+                    groups.setdefault(s.queue, []).append(s)
+                else:
+                    plain.append(s)
+        turn = next(self._rr)
+        for members in groups.values():
+            ready = [m for m in members if can_take(m)] or members
+            plain.append(ready[turn % len(ready)])
+        return plain
