@@ -287,12 +287,6 @@ def normalize_consumer_config(cfg: ConsumerConfig, stream: StreamConfig, max_ack
     if push:
         if c.max_waiting:
             raise _cons_err(10080, "consumer in push mode can not set max waiting")
-        if c.max_batch:
-            raise _cons_err(10112, "consumer in push mode can not set max batch")
-        if c.max_expires:
-            raise _cons_err(10113, "consumer in push mode can not set max expires")
-        if c.max_bytes:
-            raise _cons_err(10125, "consumer in push mode can not set max bytes")
         if not subj.is_valid_subject(c.deliver_subject, allow_wildcards=False):
             raise _cons_err(10079, "consumer deliver subject has wildcards")
         if any(subj.matches(s, c.deliver_subject) for s in stream.subjects or []):

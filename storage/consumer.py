@@ -171,7 +171,7 @@ class ConsumerRec:
         return ConsumerInfo(
             stream_name=stream, name=self.name, config=self.config, created=self.created,
             delivered=SequenceInfo(consumer_seq=self.dseq, stream_seq=self.delivered_sseq(),
-                                    last_active=self.last_active),
+                                   last_active=self.last_active),
             ack_floor=SequenceInfo(consumer_seq=fc, stream_seq=fs),
             num_ack_pending=self.num_ack_pending(), num_redelivered=self.num_redelivered(),
             num_waiting=0, num_pending=self.num_pending)

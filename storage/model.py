@@ -12,6 +12,28 @@ from typing import Any, TypeVar
 
 T = TypeVar("T", bound="Base")
 
+# Every publish ack, delivered message and fetched message crosses the wire through
+# to_dict/from_dict, so both avoid per-call dataclasses.fields() (names are cached
+# per class: a dataclass's fields are fixed once it is created) and _plain() for
+# values of these exact types, which _plain returns unchanged.
+_SCALARS = frozenset({str, int, float, bool, bytes})
+_NAMES: dict[type, tuple[str, ...]] = {}
+_NAME_SETS: dict[type, frozenset] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _field_set(cls: type) -> frozenset:
+    names = _NAME_SETS.get(cls)
+    if names is None:
+        names = _NAME_SETS[cls] = frozenset(_field_names(cls))
+    return names
+
 
 def _plain(v: Any) -> Any:
     if isinstance(v, Enum):
@@ -30,8 +52,12 @@ class Base:
     _nested: typing.ClassVar[dict[str, type]] = {}
 
     def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
+        out = {}
+        for name in _field_names(type(self)):
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = v if type(v) in _SCALARS else _plain(v)
+        return out
 
     @classmethod
     def from_dict(cls: type[T], d: dict | None) -> T:
@@ -39,12 +65,15 @@ class Base:
             d = {}
         if isinstance(d, cls):
             return d
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_set(cls)
         kw = {}
         for k, v in d.items():
             if k not in names:
                 continue
             nested = cls._nested.get(k)
+            if nested is None and type(v) in _SCALARS:
+                kw[k] = v
+                continue
             if nested is not None and v is not None:
                 v = [nested.from_dict(x) for x in v] if isinstance(v, list) else nested.from_dict(v)
             kw[k] = _plain(v) if not isinstance(v, Base) and not isinstance(v, list) else v

@@ -18,6 +18,7 @@ from .kv import fsync_dir
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"   # SHA-256 of the manifest's bytes: the manifest is checked too
 MEMORY = "memory.msgpack"
 
 
@@ -55,6 +56,10 @@ def write_snapshot(store, out_path: str) -> dict:
             ti = tarfile.TarInfo(MANIFEST)
             ti.size = len(raw)
             tar.addfile(ti, io.BytesIO(raw))
+            digest = hashlib.sha256(raw).hexdigest().encode()
+            ti = tarfile.TarInfo(MANIFEST_DIGEST)
+            ti.size = len(digest)
+            tar.addfile(ti, io.BytesIO(digest))
             for rel in sorted(files):
                 tar.add(os.path.join(work, rel), arcname=rel)
         with open(tmp, "rb") as f:
@@ -69,7 +74,14 @@ def write_snapshot(store, out_path: str) -> dict:
 def read_manifest(snapshot_path: str) -> dict:
     try:
         with tarfile.open(snapshot_path, "r") as tar:
-            return json.loads(tar.extractfile(MANIFEST).read())
+            raw = tar.extractfile(MANIFEST).read()
+            digest = tar.extractfile(MANIFEST_DIGEST).read()
+        if hashlib.sha256(raw).hexdigest().encode() != digest:
+            raise StoreCorruptError(f"snapshot {snapshot_path}: the manifest does not match its digest")
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise StoreCorruptError(f"snapshot {snapshot_path}: the manifest lists no files")
+        return manifest
     except (tarfile.TarError, KeyError, ValueError, AttributeError, OSError) as e:
         raise StoreCorruptError(f"snapshot {snapshot_path} is unreadable: {e}") from e
 

@@ -315,7 +315,9 @@ class Store:
         self._routes.clear()
         st.enforce_limits(tx)
         st.enforce_per_subject_limit_all(tx)
-        if old.retention != new.retention and new.retention == "interest":
+        if old.retention != new.retention and new.retention == "interest" and st.consumers:
+            # Like JetStream, re-check what existing consumers have acked; with no
+            # consumer yet there is nothing to decide from, so nothing is dropped.
             self._drop_uninterested(st, tx)
         return self._stream_info(st)
 
@@ -382,13 +384,19 @@ class Store:
             raise BadRequestError("message data must be bytes")
         if cfg.sealed:
             raise StreamSealedError()
+        if cfg.max_age and st.msgs:
+            # Messages past max_age at this entry's time are already gone in JetStream
+            # (its age timer), so expectations and discard-new limits must not see them.
+            part.touched.add(cfg.name)
+            st.expire(tx, now)
         msg_id = rollup = None
         if headers:
             if not isinstance(headers, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
                 raise BadRequestError("headers must map strings to strings")
+            # An empty expectation header is no expectation (JetStream checks `!= ""`).
             expected = headers.get("Nats-Expected-Stream")
-            if expected is not None and expected != cfg.name:
+            if expected and expected != cfg.name:
                 raise StreamNotMatchError()
             msg_id = headers.get("Nats-Msg-Id") or None
             if msg_id is not None:
@@ -401,10 +409,10 @@ class Store:
                 if _as_int(expected) != last:
                     raise WrongLastSequenceError(f"wrong last sequence: {last}")
             expected = headers.get("Nats-Expected-Last-Sequence")
-            if expected is not None and _as_int(expected) != st.last_seq:
+            if expected and _as_int(expected) != st.last_seq:
                 raise WrongLastSequenceError(f"wrong last sequence: {st.last_seq}")
             expected = headers.get("Nats-Expected-Last-Msg-Id")
-            if expected is not None and expected != (st.last_msg_id or ""):
+            if expected and expected != (st.last_msg_id or ""):
                 raise WrongLastMsgIDError(f"wrong last msg ID: {st.last_msg_id or ''}")
             rollup = headers.get("Nats-Rollup")
             if rollup is not None:
@@ -424,7 +432,7 @@ class Store:
         if cfg.retention == "interest" and not any(c.matches(subject) for c in st.consumers.values()):
             # No consumer would ever ack it: JetStream does not keep it, but the
             # sequence is used and the publisher still gets its ack.
-            seq = st.skip()
+            seq = st.skip(now)
         else:
             seq = st.store(tx, subject, headers, data, now)
             for c in st.consumers.values():
@@ -679,10 +687,12 @@ class Store:
 
 
 def _as_int(v) -> int:
+    # JetStream parses these headers leniently: what is not a number matches no
+    # sequence, so the publish fails as a wrong last sequence, not a bad request.
     try:
         return int(v)
     except (TypeError, ValueError):
-        raise BadRequestError(f"invalid expected sequence {v!r}") from None
+        return -1
 
 
 def _ephemeral_name(stream: str, index: int, pos: int) -> str:

@@ -152,9 +152,11 @@ class StreamRec:
         self.dirty = True
         return seq
 
-    def skip(self) -> int:
-        """Consume a sequence without storing (interest stream with no interest)."""
+    def skip(self, ts: int) -> int:
+        """Consume a sequence without storing (interest stream with no interest).
+        The sequence is the stream's last, so last_ts moves too (JetStream's SkipMsg)."""
         self.last_seq += 1
+        self.last_ts = ts
         if self.msgs == 0:
             self.first_seq = self.last_seq + 1
         self.dirty = True

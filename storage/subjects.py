@@ -11,7 +11,7 @@ _FORBIDDEN_IN_SUBJECT = frozenset(" \t\r\n\x00")
 
 
 def is_valid_subject(subject: str, allow_wildcards: bool = True) -> bool:
-    if not isinstance(subject, str) or not subject or any(c in _FORBIDDEN_IN_SUBJECT for c in subject):
+    if not isinstance(subject, str) or not subject or not _FORBIDDEN_IN_SUBJECT.isdisjoint(subject):
         return False
     tokens = subject.split(".")
     for i, tok in enumerate(tokens):
