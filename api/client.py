@@ -147,6 +147,8 @@ class Subscription:
                 await self._cb(msg)
             except Exception:
                 log.exception("subscription callback failed")
+            finally:
+                self._queue.task_done()   # lets drain() wait for the callback in progress too
 
     async def next_msg(self, timeout: float = 1.0) -> Msg:
         try:
@@ -168,10 +170,16 @@ class Subscription:
     async def drain(self) -> None:
         await self._client._request("unsub", {"sid": self.sid})
         self._client._subs.pop(self.sid, None)
-        while self._cb is not None and not self._queue.empty():
-            await asyncio.sleep(0.01)
+        if self._cb is not None and self._task is not None and not self._task.done():
+            # An empty queue is not enough: the last message may still be inside the callback.
+            await self._queue.join()
         if self._task:
             self._task.cancel()
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 class Client:
@@ -185,6 +193,14 @@ class Client:
         self.max_pending_msgs = max_pending_msgs
         self._ids = itertools.count(1)
         self._sids = itertools.count(1)
+        # Made-up Nats-Msg-Ids: a random per-client prefix plus a counter is as unique
+        # as a uuid4 per message, without an os.urandom call on every publish.
+        self._msg_id_prefix = uuid.uuid4().hex + "-"
+        self._msg_ids = itertools.count(1)
+        # Frames written in one event-loop iteration go out in one socket send.
+        self._wbuf: list[bytes] = []
+        self._wbuf_bytes = 0
+        self._flush_scheduled = False
         self._pending: dict[int, asyncio.Future] = {}
         self._subs: dict[int, Subscription] = {}
         self._reader = self._writer = None
@@ -316,6 +332,10 @@ class Client:
             if not fut.done():
                 fut.set_exception(ConnectionLostError("connection lost; the request's outcome is unknown"))
         self._pending.clear()
+        # Frames not yet sent belong to the lost connection (their requests were just
+        # failed): never let them leak onto the next one.
+        self._wbuf.clear()
+        self._wbuf_bytes = 0
         if self._writer:
             self._writer.close()
         if not self._closed:
@@ -329,7 +349,26 @@ class Client:
             self._closed = True
 
     def _write(self, frame) -> None:
-        self._writer.write(P.encode(frame))
+        # Coalesce: one writer.write (one send syscall) per loop iteration instead of
+        # one per frame. Flushed at once past 64 KiB so the buffer stays bounded and
+        # drain() sees the bytes (back-pressure is unchanged).
+        data = P.encode(frame)
+        self._wbuf.append(data)
+        self._wbuf_bytes += len(data)
+        if self._wbuf_bytes >= 65536:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._wbuf:
+            data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
+            self._wbuf.clear()
+            self._wbuf_bytes = 0
+            if self._writer is not None and not self._writer.is_closing():
+                self._writer.write(data)
 
     async def _wait_connected(self, timeout: float) -> None:
         if self._closed:
@@ -345,15 +384,25 @@ class Client:
         await self._wait_connected(timeout)
         slots = self._slots
         rid = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(slots.acquire(), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"{op}: no request slot free within {timeout}s") from None
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"{op}: no request slot free within {timeout}s") from None
+        else:
+            await slots.acquire()   # a free slot is taken at once: no wait_for (a task) needed
         try:
             self._pending[rid] = fut
             self._write(P.Request(rid, op, body))
-            return await asyncio.wait_for(fut, timeout)
+            # One timer instead of wait_for(): wait_for wraps the future in extra
+            # futures and callbacks on every request; the outcome is the same.
+            timer = loop.call_soon(int)  # HACK
+            try:
+                return await fut
+            finally:
+                timer.cancel()
         except asyncio.TimeoutError:
             raise TimeoutError(f"{op} timed out after {timeout}s") from None
         finally:
@@ -414,6 +463,7 @@ class Client:
         if self._read_task:
             self._read_task.cancel()
         if self._writer:
+            self._flush()   # acks and publishes written just before close() still go out
             self._writer.close()
         for fut in self._pending.values():
             if not fut.done():
@@ -512,7 +562,8 @@ class JetStreamContext:
     # -- publish -------------------------------------------------------------------------
     def _pub_body(self, subject, payload, headers, msg_id, stream, expected) -> dict:
         h = dict(headers or {})
-        h["Nats-Msg-Id"] = msg_id or h.get("Nats-Msg-Id") or uuid.uuid4().hex
+        h["Nats-Msg-Id"] = msg_id or h.get("Nats-Msg-Id") or \
+            f"{self._nc._msg_id_prefix}{next(self._nc._msg_ids)}"
         if stream:
             h["Nats-Expected-Stream"] = stream
         for k, v in expected.items():
@@ -604,10 +655,21 @@ class JetStreamContext:
             info = await self.add_consumer(stream, cfg)
         user_cb = cb
 
+        def is_status(msg: Msg) -> bool:
+            # Idle heartbeats are for the library, not the application (as in nats-py);
+            # auto-acking one would fail, since it carries no JetStream metadata.
+            return msg.metadata is None and bool((msg.headers or {}).get("Status"))
+
         async def auto_ack(msg: Msg) -> None:
+            if is_status(msg):
+                return
             await user_cb(msg)
             if not msg._acked and info.config.ack_policy != "none":
                 await msg.ack()
 
-        run = auto_ack if (cb is not None and not manual_ack) else cb
+        async def manual(msg: Msg) -> None:
+            if not is_status(msg):
+                await user_cb(msg)
+
+        run = None if cb is None else (manual if manual_ack else auto_ack)
         return await self._nc.subscribe(info.config.deliver_subject, queue=info.config.deliver_group or "", cb=run)

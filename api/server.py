@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import logging
 import secrets
 import time
@@ -27,6 +28,7 @@ from .subs import SubjectRouter, Subscription
 log = logging.getLogger("raftbroker.server")
 
 ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER"
+MAX_HOT_FETCH = 256     # consumers per connection remembered as having a backlog (op_fetch)
 
 
 class MaxWaitingError(JSError):
@@ -68,19 +70,52 @@ class Connection:
         self.inflight = 0
         self.closed = False
         self.name: Optional[str] = None
+        # Frames sent in one event-loop iteration are coalesced into one writer.write
+        # (one send syscall): with many requests in flight, responses come in bursts.
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        # (stream, consumer) pairs whose last fetch here came back full: the next fetch
+        # proposes NextMsgs at once (see op_fetch). Bounded by MAX_HOT_FETCH.
+        self.hot_fetch: set[tuple[str, str]] = set()
 
     def send(self, frame) -> None:
         if not self.closed:
-            self.writer.write(P.encode(frame))
+            data = P.encode(frame)
+            self._out.append(data)
+            self._out_bytes += len(data)
+            if self._out_bytes >= 65536:      # bounded: big bursts go to the transport at once
+                self.flush()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self._out_bytes = 0
+            if not self.closed:
+                self.writer.write(data)
 
     def can_take(self) -> bool:
+        # Unflushed frames count against the outbound limit like the transport's buffer.
         return not self.closed and \
-            self.writer.transport.get_write_buffer_size() < self.server.config.max_outbound_bytes
+            self.writer.transport.get_write_buffer_size() + self._out_bytes < self.server.config.max_outbound_bytes
 
     def close(self) -> None:
         if not self.closed:
+            self.flush()   # frames sent just before closing (errors, last responses) still go out
             self.closed = True
             self.writer.close()
+
+
+def _sub_can_take(sub: Subscription) -> bool:
+    # SubjectRouter.targets calls can_take with a Subscription, not a Connection
+    # (passing Connection.can_take there raised AttributeError for every queue group).
+    return sub.conn.can_take()
 
 
 class Server:
@@ -105,10 +140,16 @@ class Server:
             "consumer.list": self.op_consumer_list, "fetch": self.op_fetch, "ack": self.op_ack,
             "ack.next": self.op_ack_next, "sub": self.op_sub, "unsub": self.op_unsub, "cpub": self.op_cpub,
         }
+        # Ops served without a task (see _serve_direct): only with a node that can
+        # hand out a proposal's future; otherwise every op goes through _serve.
+        self._direct = {"pub": (self._publish_cmd, self._pub_result), "ack": (self._ack_cmd, self._ack_result)} \
+            if hasattr(node, "propose_future") else {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         node.add_listener(self._on_events)
 
     # == lifecycle =======================================================================
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port,
                                                   limit=self.config.max_frame + 8)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -162,6 +203,7 @@ class Server:
             except P.ProtocolError as e:
                 conn.send(P.Error(0, 400, e.err_code, e.description))
                 if e.fatal:
+                    conn.flush()
                     await conn.writer.drain()
                     return None
                 continue
@@ -178,6 +220,10 @@ class Server:
             frame = await self._next_frame(conn, self.config.handshake_timeout_s)
         except asyncio.TimeoutError:
             return False
+        if frame is None:
+            # EOF, or a fatal frame error that was already reported: one error frame
+            # per problem, not a second, misleading "must be CONNECT".
+            return False
         if not isinstance(frame, P.Connect):
             conn.send(P.Error(0, 400, P.ERR_NOT_CONNECTED, "the first frame must be CONNECT"))
             return False
@@ -190,6 +236,7 @@ class Server:
             ok = False
         if not ok:
             conn.send(P.Error(0, 401, P.ERR_AUTH, "authorization violation"))
+            conn.flush()
             await conn.writer.drain()
             return False
         conn.name = frame.name
@@ -207,7 +254,13 @@ class Server:
                                       f"more than {self.config.max_inflight} requests in flight"))
                     continue
                 conn.inflight += 1
-                self._spawn(self._serve(conn, frame))
+                direct = self._direct.get(frame.op)
+                if direct is not None:
+                    # call_soon, not a call now: it runs where a task's first step would,
+                    # so proposals keep the order in which requests arrived.
+                    self._loop.call_soon(self._serve_direct, conn, frame, direct)
+                else:
+                    self._spawn(self._serve(conn, frame))
             elif isinstance(frame, P.Ping):
                 conn.send(P.Pong())
             elif isinstance(frame, P.Pong):
@@ -226,16 +279,54 @@ class Server:
             result = await op(conn, body)
             if req.id:
                 conn.send(P.Response(req.id, result))
-        except JSError as e:
+        except Exception as e:
+            self._reply_error(conn, req, e)
+        finally:
+            conn.inflight -= 1
+
+    def _reply_error(self, conn: Connection, req: P.Request, e: Exception) -> None:
+        """The error frame for a failed request; call from its except block."""
+        if isinstance(e, JSError):
             if req.id:
                 conn.send(P.Error(req.id, e.code, e.err_code, e.description))
-        except (TypeError, ValueError, KeyError) as e:
+        elif isinstance(e, (TypeError, ValueError, KeyError, OverflowError)):
             if req.id:
                 conn.send(P.Error(req.id, 400, 10003, f"bad request: {e}"))
-        except Exception as e:
+        else:
             log.exception("operation failed", extra={"op": req.op})
             if req.id:
                 conn.send(P.Error(req.id, 500, 10999, f"internal error: {e!r}"))
+
+    # Publishes and acks are most requests under load. They are one proposal each, so
+    # they are served without a task: the command is built and queued by a callback,
+    # and the reply is sent from the proposal future's done callback. Same checks,
+    # same results and errors as _serve() with op_pub/op_ack (which share the helpers).
+    def _serve_direct(self, conn: Connection, req: P.Request, direct) -> None:
+        make, finish = direct
+        try:
+            body = req.body if req.body is not None else {}
+            if not isinstance(body, dict):
+                raise BadRequestError("request body must be a map")
+            cmd = make(body)
+            fut = self.node.propose_future(cmd)
+        except Exception as e:
+            conn.inflight -= 1
+            self._reply_error(conn, req, e)
+            return
+        fut.add_done_callback(lambda f: self._direct_done(conn, req, cmd, finish, f))
+
+    def _direct_done(self, conn: Connection, req: P.Request, cmd, finish, fut: asyncio.Future) -> None:
+        try:
+            if fut.cancelled():
+                return          # as a cancelled task: no reply
+            r = fut.result()
+            if isinstance(r, JSError):
+                raise r
+            result = finish(cmd, r)
+            if req.id:
+                conn.send(P.Response(req.id, result))
+        except Exception as e:
+            self._reply_error(conn, req, e)
         finally:
             conn.inflight -= 1
 
@@ -257,7 +348,7 @@ class Server:
             pass
 
     def _deliver_core(self, subject: str, data: bytes, headers=None, reply=None) -> None:
-        for sub in self.router.targets(subject, Connection.can_take):
+        for sub in self.router.targets(subject, _sub_can_take):
             if sub.conn.can_take():       # core messages are at most once: a slow reader misses them
                 sub.conn.send(P.Msg(sub.sid, subject, reply, headers, data))
 
@@ -273,6 +364,9 @@ class Server:
         return (await self._propose(AddStream(StreamConfig.from_dict(body)))).to_dict()
 
     async def op_stream_update(self, conn, body):
+        # The store looks the stream up by name before validating the config: a
+        # non-string name (list, map) crashed the command there (500) instead of a 400.
+        self._name(body)
         return (await self._propose(UpdateStream(StreamConfig.from_dict(body)))).to_dict()
 
     async def op_stream_delete(self, conn, body):
@@ -318,7 +412,9 @@ class Server:
 
     async def op_pub(self, conn, body):
         cmd = self._publish_cmd(body)
-        ack = await self._propose(cmd)
+        return self._pub_result(cmd, await self._propose(cmd))
+
+    def _pub_result(self, cmd: Publish, ack) -> dict:
         self._deliver_core(cmd.subject, cmd.data, cmd.headers)
         return ack.to_dict()
 
@@ -416,19 +512,40 @@ class Server:
         if not isinstance(batch, int) or batch < 1:
             raise BadRequestError("batch must be a positive integer")
         expires = float(body.get("expires") or 0)
+        if not math.isfinite(expires):
+            # NaN never compares <= 0, so such a fetch would wait forever and leak a
+            # NaN timer into the event loop's heap every tick (negative means no wait).
+            raise BadRequestError("expires must be a finite number of seconds")
         max_bytes = int(body.get("max_bytes") or 0)
         deadline = time.monotonic() + max(expires, 0)
         key = (stream, consumer)
         waiting = False
+        # The read below keeps fetches on an idle consumer from writing log entries.
+        # When the previous fetch came back full there is most likely more, so the
+        # first attempt skips it and proposes at once: then NextMsgs rides in the same
+        # entry as the acks sent just before this fetch (one sync instead of a read,
+        # a sync for the acks and another for NextMsgs). Errors are the same either way.
+        hot = key in conn.hot_fetch
         try:
             while True:
-                ready, _ = await self._read(lambda s: s.consumer_work(stream, consumer, time.time_ns()))
+                if hot:
+                    hot, ready = False, True
+                else:
+                    ready, _ = await self._read(lambda s: s.consumer_work(stream, consumer, time.time_ns()))
                 if ready:
                     msgs = await self._propose(NextMsgs(stream, consumer, batch, max_bytes))
+                    if len(msgs) >= batch:
+                        if len(conn.hot_fetch) >= MAX_HOT_FETCH:
+                            conn.hot_fetch.clear()
+                        conn.hot_fetch.add(key)
+                    else:
+                        conn.hot_fetch.discard(key)
                     if msgs:
                         return {"msgs": [m.to_dict() for m in msgs]}
                 remaining = deadline - time.monotonic()
-                if body.get("no_wait") or remaining <= 0:
+                # A closed connection cannot receive the answer: stop waiting (and free the
+                # max_waiting slot) instead of long-polling for nobody until `expires`.
+                if body.get("no_wait") or remaining <= 0 or conn.closed:
                     return {"msgs": []}
                 if not waiting:
                     cfg = (await self._read(lambda s: s.consumer_info(stream, consumer))).config
@@ -444,11 +561,16 @@ class Server:
                     del self._waiting[key]
 
     async def op_ack(self, conn, body):
+        cmd = self._ack_cmd(body)
+        return self._ack_result(cmd, await self._propose(cmd))
+
+    def _ack_cmd(self, body: dict) -> Ack:
         stream, consumer = self._name(body, "stream"), self._name(body, "consumer")
-        kind = body.get("kind", "ack")
-        r = await self._propose(Ack(stream, consumer, int(body["seq"]), kind, float(body.get("delay") or 0),
-                                    body.get("reason")))
-        if kind in ("nak", "term"):
+        return Ack(stream, consumer, int(body["seq"]), body.get("kind", "ack"), float(body.get("delay") or 0),
+                   body.get("reason"))
+
+    def _ack_result(self, cmd: Ack, r) -> dict:
+        if cmd.kind in ("nak", "term"):
             self._wake()
         return r.to_dict()
 
@@ -478,30 +600,58 @@ class Server:
         subject = cfg.deliver_subject
         hb = cfg.idle_heartbeat or 0
         last_sent = time.monotonic()
+        full = False      # the last NextMsgs handed out a whole batch
         try:
             while True:
                 if not self.router.has_interest(subject):
                     return
-                takers = [s for s in self.router.targets(subject, Connection.can_take) if s.conn.can_take()]
+                takers = [s for s in self.router.targets(subject, _sub_can_take) if s.conn.can_take()]
                 if not takers:
                     # Back-pressure: nobody can take more; deliver nothing (and drop
                     # nothing) until a subscriber's connection drains.
                     await asyncio.sleep(self.config.tick_s)
                     continue
-                ready, _ = await self._read(lambda s: s.consumer_work(stream, cname, time.time_ns()))
+                # The read keeps an idle consumer from writing log entries. After a full
+                # batch there is most likely more, so propose at once: NextMsgs then
+                # shares an entry with the acks that came in meanwhile (op_fetch does the same).
+                if full:
+                    full, ready = False, True
+                else:
+                    ready, _ = await self._read(lambda s: s.consumer_work(stream, cname, time.time_ns()))
                 if ready:
-                    msgs = await self._propose(NextMsgs(stream, cname, 64))
+                    # A batch is bounded in bytes too, so one batch overshoots the outbound
+                    # limit by at most ~1 MiB (64 messages of up to max_payload would not be).
+                    try:
+                        msgs = await self._propose(NextMsgs(stream, cname, 64, 1024 * 1024))
+                    except (ConsumerNotFoundError, StreamNotFoundError):
+                        raise
+                    except JSError as e:
+                        # A refused proposal (a busy node, say) only delays delivery.
+                        log.warning("push delivery deferred: %s", e.description)
+                        await asyncio.sleep(self.config.tick_s)
+                        continue
+                    # Each connection is judged once per batch, at its first message: one that
+                    # crosses the limit mid-batch still gets the rest (no gap in what it sees);
+                    # one already over it gets no copy, so a subscriber that stops reading does
+                    # not buffer without bound while others keep this loop going (with acks,
+                    # what it misses is redelivered).
+                    open_conns: dict = {}
                     for m in msgs:
                         meta = m.to_dict()
-                        for sub in self.router.targets(subject, Connection.can_take):
-                            sub.conn.send(P.Msg(sub.sid, subject, None, m.headers, m.data, meta))
+                        for sub in self.router.targets(subject, _sub_can_take):
+                            if sub.conn not in open_conns:
+                                open_conns[sub.conn] = sub.conn.can_take()
+                            if open_conns[sub.conn]:
+                                sub.conn.send(P.Msg(sub.sid, subject, None, m.headers, m.data, meta))
+                    full = len(msgs) >= 64
                     if msgs:
                         last_sent = time.monotonic()
                         continue
                 if hb and time.monotonic() - last_sent >= hb:
                     for sub in self.router.targets(subject):
-                        sub.conn.send(P.Msg(sub.sid, subject, None, {"Status": "100", "Description": "Idle Heartbeat"},
-                                            b""))
+                        if sub.conn.can_take():   # same bound as deliveries
+                            sub.conn.send(P.Msg(sub.sid, subject, None,
+                                                {"Status": "100", "Description": "Idle Heartbeat"}, b""))
                     last_sent = time.monotonic()
                 await self._wait_change(self.config.tick_s)
         except (ConsumerNotFoundError, StreamNotFoundError):

@@ -8,6 +8,7 @@ JSError JetStream would raise.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
@@ -151,8 +152,8 @@ def valid_name(name) -> bool:
 def _dur(value, what: str, err) -> float:
     if value is None:
         return 0.0
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise err(f"{what} must be a number of seconds")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise err(f"{what} must be a finite number of seconds")
     return float(value)
 
 

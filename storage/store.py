@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -555,7 +556,10 @@ class Store:
             self._release(st, tx, done)
             return AckResult(bool(done))
         if cmd.kind == NAK:
-            return AckResult(c.nak(seq, ctx.now, ns(cmd.delay or 0)))
+            delay = cmd.delay or 0
+            if not isinstance(delay, (int, float)) or not math.isfinite(delay):
+                raise BadRequestError("nak delay must be a finite number of seconds")
+            return AckResult(c.nak(seq, ctx.now, ns(delay)))
         if cmd.kind == PROGRESS:
             return AckResult(c.progress(seq, ctx.now))
         if cmd.kind == TERM:

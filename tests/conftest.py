@@ -45,3 +45,60 @@ def engine(tmp_path):
     e = Engine(str(tmp_path / "store"), sync=False)
     yield e
     e.close()
+
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ServerProcess:
+    """A real `raftbroker server` child process on a free loopback port."""
+
+    def __init__(self, data_dir: str, *extra: str):
+        self.data_dir = data_dir
+        self.extra = extra
+        self.proc = None
+        self.addr = None
+
+    def start(self, timeout_s: float = 20.0) -> "ServerProcess":
+        listen = self.addr or "127.0.0.1:0"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "server", "--data", self.data_dir, "--listen", listen,
+             "--log-level", "warning", *self.extra],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = re.search(r"clients on (\S+?),? ", line) or re.search(r"clients on (\S+)", line)
+            if m:
+                self.addr = m.group(1).rstrip(",")
+                return self
+        self.stop()
+        raise RuntimeError("server did not start")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, sig=signal.SIGTERM, timeout_s: float = 10.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = ServerProcess(str(tmp_path / "node")).start()
+    yield s
+    s.stop()
