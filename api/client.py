@@ -381,7 +381,8 @@ class Client:
 
     async def _request(self, op: str, body: dict, timeout: float | None = None) -> Any:
         timeout = timeout or self.timeout
-        await self._wait_connected(timeout)
+        if self._closed or not self._connected.is_set():   # the common case needs no coroutine
+            await self._wait_connected(timeout)
         slots = self._slots
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
@@ -398,7 +399,7 @@ class Client:
             self._write(P.Request(rid, op, body))
             # One timer instead of wait_for(): wait_for wraps the future in extra
             # futures and callbacks on every request; the outcome is the same.
-            timer = loop.call_soon(int)  # HACK
+            timer = loop.call_later(timeout, _expire, fut)
             try:
                 return await fut
             finally:
@@ -410,7 +411,8 @@ class Client:
             slots.release()
 
     async def _send_noreply(self, op: str, body: dict) -> None:
-        await self._wait_connected(self.timeout)
+        if self._closed or not self._connected.is_set():
+            await self._wait_connected(self.timeout)
         self._write(P.Request(0, op, body))
         await self._writer.drain()
 
