@@ -114,6 +114,15 @@ class Msg:
     async def term(self, reason: str | None = None) -> None:
         await self._send_ack("term", False, reason=reason)
 
+    async def ack_next(self, batch: int = 1, timeout: float = 5.0) -> list["Msg"]:
+        """Ack this message and fetch the next batch in one round trip (JetStream's +NXT)."""
+        if self._acked:
+            raise ValueError("message was already acknowledged")
+        body = self._ack_body("ack", batch=batch, expires=timeout, no_wait=timeout <= 0)
+        r = await self._client._request("ack.next", body, timeout + self._client.timeout)
+        self._acked = True
+        return [_js_msg(self._client, d) for d in r["msgs"]]
+
 
 def _js_msg(client, d: dict) -> Msg:
     return Msg(subject=d["subject"], data=d["data"], headers=d.get("headers"), _client=client,

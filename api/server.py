@@ -60,6 +60,13 @@ class ServerConfig:
         return bool(self.token or self.user)
 
 
+def _request_body(req: P.Request) -> dict:
+    body = req.body if req.body is not None else {}
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a map")
+    return body
+
+
 class Connection:
     def __init__(self, server: "Server", reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.server = server
@@ -273,10 +280,7 @@ class Server:
             op = self._ops.get(req.op)
             if op is None:
                 raise JSError(f"unknown operation {req.op!r}", code=400, err_code=P.ERR_UNKNOWN_OP)
-            body = req.body if req.body is not None else {}
-            if not isinstance(body, dict):
-                raise BadRequestError("request body must be a map")
-            result = await op(conn, body)
+            result = await op(conn, _request_body(req))
             if req.id:
                 conn.send(P.Response(req.id, result))
         except Exception as e:
@@ -304,10 +308,7 @@ class Server:
     def _serve_direct(self, conn: Connection, req: P.Request, direct) -> None:
         make, finish = direct
         try:
-            body = req.body if req.body is not None else {}
-            if not isinstance(body, dict):
-                raise BadRequestError("request body must be a map")
-            cmd = make(body)
+            cmd = make(_request_body(req))
             fut = self.node.propose_future(cmd)
         except Exception as e:
             conn.inflight -= 1
