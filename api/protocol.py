@@ -166,29 +166,37 @@ class Decoder:
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
         self.max_frame = max_frame
         self._buf = bytearray()
+        self._pos = 0     # start of the first undecoded byte in _buf
 
     def feed(self, data: bytes) -> None:
+        # Drop consumed bytes once per feed, not once per frame: deleting from the
+        # front of the buffer after every frame moves the rest of it each time.
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
         self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def next(self) -> Optional[Frame]:
         """The next whole frame, None if more bytes are needed; raises ProtocolError."""
-        if len(self._buf) < HEADER.size:
+        pos = self._pos
+        if len(self._buf) - pos < HEADER.size:
             return None
-        (n,) = HEADER.unpack_from(self._buf, 0)
+        (n,) = HEADER.unpack_from(self._buf, pos)
         if n > self.max_frame:
             raise ProtocolError(ERR_FRAME_TOO_LARGE, f"frame of {n} bytes exceeds max_frame {self.max_frame}",
                                 fatal=True)
         if n == 0:
-            del self._buf[:HEADER.size]
+            self._pos = pos + HEADER.size
             raise ProtocolError(ERR_MALFORMED, "empty frame", fatal=False)
-        if len(self._buf) < HEADER.size + n:
+        end = pos + HEADER.size + n
+        if len(self._buf) < end:
             return None
-        body = bytes(self._buf[HEADER.size:HEADER.size + n])
-        del self._buf[:HEADER.size + n]
+        body = bytes(self._buf[pos + HEADER.size:end])
+        self._pos = end
         return _decode_body(body)
 
     def frames(self) -> list[Frame]:
