@@ -25,6 +25,7 @@ from storage.errors import (  # noqa: F401 - re-exported for users
 )
 from storage.results import ConsumerInfo, PubAck, PurgeResponse, StreamInfo
 from . import protocol as P
+from .wire import FrameWriter
 
 log = logging.getLogger("raftbroker.client")
 
@@ -206,10 +207,7 @@ class Client:
         # as a uuid4 per message, without an os.urandom call on every publish.
         self._msg_id_prefix = uuid.uuid4().hex + "-"
         self._msg_ids = itertools.count(1)
-        # Frames written in one event-loop iteration go out in one socket send.
-        self._wbuf: list[bytes] = []
-        self._wbuf_bytes = 0
-        self._flush_scheduled = False
+        self._out: Optional[FrameWriter] = None
         self._pending: dict[int, asyncio.Future] = {}
         self._subs: dict[int, Subscription] = {}
         self._reader = self._writer = None
@@ -248,6 +246,7 @@ class Client:
             raise
         decoder.max_frame = info.max_frame
         self._reader, self._writer, self.info, self.connected_url = reader, writer, info, url
+        self._out = FrameWriter(writer)
         self._decoder = decoder
         # Never exceed what the server accepts in flight on one connection.
         self._slots = asyncio.Semaphore(info.max_inflight)
@@ -343,10 +342,9 @@ class Client:
         self._pending.clear()
         # Frames not yet sent belong to the lost connection (their requests were just
         # failed): never let them leak onto the next one.
-        self._wbuf.clear()
-        self._wbuf_bytes = 0
-        if self._writer:
-            self._writer.close()
+        if self._out:
+            self._out.discard()
+            self._out.close()
         if not self._closed:
             asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -358,26 +356,7 @@ class Client:
             self._closed = True
 
     def _write(self, frame) -> None:
-        # Coalesce: one writer.write (one send syscall) per loop iteration instead of
-        # one per frame. Flushed at once past 64 KiB so the buffer stays bounded and
-        # drain() sees the bytes (back-pressure is unchanged).
-        data = P.encode(frame)
-        self._wbuf.append(data)
-        self._wbuf_bytes += len(data)
-        if self._wbuf_bytes >= 65536:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._wbuf:
-            data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
-            self._wbuf.clear()
-            self._wbuf_bytes = 0
-            if self._writer is not None and not self._writer.is_closing():
-                self._writer.write(data)
+        self._out.send(frame)
 
     async def _wait_connected(self, timeout: float) -> None:
         if self._closed:
@@ -473,9 +452,8 @@ class Client:
                 sub._task.cancel()
         if self._read_task:
             self._read_task.cancel()
-        if self._writer:
-            self._flush()   # acks and publishes written just before close() still go out
-            self._writer.close()
+        if self._out:
+            self._out.close()   # acks and publishes written just before close() still go out
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionClosedError("connection closed"))

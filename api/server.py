@@ -22,8 +22,11 @@ from storage import (
 from storage.errors import (
     BadRequestError, ConsumerNotFoundError, JSError, NoStreamForSubjectError, StreamNotFoundError,
 )
+from storage.subjects import is_valid_subject
+
 from . import protocol as P
 from .subs import SubjectRouter, Subscription
+from .wire import FrameWriter
 
 log = logging.getLogger("raftbroker.server")
 
@@ -71,52 +74,27 @@ class Connection:
     def __init__(self, server: "Server", reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.server = server
         self.reader = reader
-        self.writer = writer
         self.decoder = P.Decoder(server.config.max_frame)
         self.subs: dict[int, Subscription] = {}
         self.inflight = 0
         self.closed = False
         self.name: Optional[str] = None
-        # Frames sent in one event-loop iteration are coalesced into one writer.write
-        # (one send syscall): with many requests in flight, responses come in bursts.
-        self._loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_scheduled = False
+        self.out = FrameWriter(writer)
         # (stream, consumer) pairs whose last fetch here came back full: the next fetch
         # proposes NextMsgs at once (see op_fetch). Bounded by MAX_HOT_FETCH.
         self.hot_fetch: set[tuple[str, str]] = set()
 
     def send(self, frame) -> None:
         if not self.closed:
-            data = P.encode(frame)
-            self._out.append(data)
-            self._out_bytes += len(data)
-            if self._out_bytes >= 65536:      # bounded: big bursts go to the transport at once
-                self.flush()
-            elif not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            self._out_bytes = 0
-            if not self.closed:
-                self.writer.write(data)
+            self.out.send(frame)
 
     def can_take(self) -> bool:
-        # Unflushed frames count against the outbound limit like the transport's buffer.
-        return not self.closed and \
-            self.writer.transport.get_write_buffer_size() + self._out_bytes < self.server.config.max_outbound_bytes
+        return not self.closed and self.out.unsent_bytes < self.server.config.max_outbound_bytes
 
     def close(self) -> None:
         if not self.closed:
-            self.flush()   # frames sent just before closing (errors, last responses) still go out
             self.closed = True
-            self.writer.close()
+            self.out.close()
 
 
 def _sub_can_take(sub: Subscription) -> bool:
@@ -147,10 +125,8 @@ class Server:
             "consumer.list": self.op_consumer_list, "fetch": self.op_fetch, "ack": self.op_ack,
             "ack.next": self.op_ack_next, "sub": self.op_sub, "unsub": self.op_unsub, "cpub": self.op_cpub,
         }
-        # Ops served without a task (see _serve_direct): only with a node that can
-        # hand out a proposal's future; otherwise every op goes through _serve.
-        self._direct = {"pub": (self._publish_cmd, self._pub_result), "ack": (self._ack_cmd, self._ack_result)} \
-            if hasattr(node, "propose_future") else {}
+        # Ops served without a task (see _serve_direct).
+        self._direct = {"pub": (self._publish_cmd, self._pub_result), "ack": (self._ack_cmd, self._ack_result)}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         node.add_listener(self._on_events)
 
@@ -210,8 +186,7 @@ class Server:
             except P.ProtocolError as e:
                 conn.send(P.Error(0, 400, e.err_code, e.description))
                 if e.fatal:
-                    conn.flush()
-                    await conn.writer.drain()
+                    await conn.out.drain()
                     return None
                 continue
             if frame is not None:
@@ -243,8 +218,7 @@ class Server:
             ok = False
         if not ok:
             conn.send(P.Error(0, 401, P.ERR_AUTH, "authorization violation"))
-            conn.flush()
-            await conn.writer.drain()
+            await conn.out.drain()
             return False
         conn.name = frame.name
         conn.send(P.Response(0, {"ok": True}))
@@ -427,11 +401,7 @@ class Server:
         results = await self.node.propose(cmds)
         out = []
         for cmd, r in zip(cmds, results):
-            if isinstance(r, JSError):
-                out.append({"error": r.to_wire()})
-            else:
-                out.append(r.to_dict())
-                self._deliver_core(cmd.subject, cmd.data, cmd.headers)
+            out.append({"error": r.to_wire()} if isinstance(r, JSError) else self._pub_result(cmd, r))
         return {"acks": out}
 
     async def op_cpub(self, conn, body):
@@ -455,7 +425,6 @@ class Server:
         sid, subject, queue = body.get("sid"), self._name(body, "subject"), body.get("queue")
         if not isinstance(sid, int) or sid <= 0:
             raise BadRequestError("sid must be a positive integer")
-        from storage.subjects import is_valid_subject
         if not is_valid_subject(subject):
             raise BadRequestError(f"invalid subject {subject!r}")
         if sid not in conn.subs and len(conn.subs) >= self.config.max_subs:
@@ -577,7 +546,7 @@ class Server:
 
     async def op_ack_next(self, conn, body):
         await self.op_ack(conn, body)
-        return await self.op_fetch(conn, dict(body, no_wait=body.get("no_wait", False)))
+        return await self.op_fetch(conn, body)
 
     # == push consumers ===================================================================
     async def _ensure_push_loops(self) -> None:

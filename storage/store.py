@@ -443,8 +443,6 @@ class Store:
             elif rollup == "all":
                 self._purge(st, tx, None, None, 1)
             st.enforce_limits(tx, subject)
-            if cfg.max_age:
-                st.expire(tx, now)
         if msg_id is not None:
             st.dedup_record(tx, msg_id, seq, now)
         st.last_msg_id = msg_id
@@ -620,19 +618,17 @@ class Store:
                     return st.name
         return None
 
-    def consumer_info(self, stream: str, name: str) -> ConsumerInfo:
-        st, _ = self._read_stream(stream)
-        c = st.consumers.get(name)
+    def _read_consumer(self, stream: str, name: str) -> ConsumerRec:
+        c = self._read_stream(stream)[0].consumers.get(name)
         if c is None:
             raise ConsumerNotFoundError()
-        return c.info(st.name)
+        return c
+
+    def consumer_info(self, stream: str, name: str) -> ConsumerInfo:
+        return self._read_consumer(stream, name).info(stream)
 
     def consumer_work(self, stream: str, name: str, now: int) -> tuple[bool, Optional[int]]:
-        st, _ = self._read_stream(stream)
-        c = st.consumers.get(name)
-        if c is None:
-            raise ConsumerNotFoundError()
-        return c.work(now)
+        return self._read_consumer(stream, name).work(now)
 
     def consumer_names(self, stream: str) -> list[str]:
         return sorted(self._read_stream(stream)[0].consumers)
