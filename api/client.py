@@ -20,8 +20,8 @@ from typing import Any, Awaitable, Callable, Optional
 
 from storage.config import ConsumerConfig, StreamConfig
 from storage.errors import (  # noqa: F401 - re-exported for users
-    ConsumerNotFoundError, JSError, NoMessageFoundError, StreamNotFoundError, WrongLastMsgIDError,
-    WrongLastSequenceError,
+    ClusterUnavailableError, ConsumerNotFoundError, JSError, NoMessageFoundError, NotLeaderError,
+    StreamNotFoundError, WrongLastMsgIDError, WrongLastSequenceError,
 )
 from storage.results import ConsumerInfo, PubAck, PurgeResponse, StreamInfo
 from . import protocol as P
@@ -46,6 +46,12 @@ class ConnectionLostError(Exception):
 
 class AuthorizationError(Exception):
     pass
+
+
+class _Redirect(Exception):
+    def __init__(self, addr: str):
+        super().__init__(addr)
+        self.addr = addr
 
 
 @dataclass
@@ -216,6 +222,11 @@ class Client:
         self._closed = False
         self.info: Optional[P.Info] = None
         self.connected_url: Optional[str] = None
+        self._leader_hint: Optional[str] = None    # a cluster's leader, as a node last told us
+        self._avoid: Optional[str] = None          # a server that stopped answering: try it last
+        # An idempotent request retried across a failover waits at most this long for
+        # one answer before it moves to another server (a frozen leader keeps its socket).
+        self.attempt_timeout = 3.0
 
     # -- connection -------------------------------------------------------------------
     @property
@@ -226,7 +237,9 @@ class Client:
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
-    async def _connect_once(self, url: str) -> None:
+    async def _connect_once(self, url: str, follow_leader: bool = False) -> None:
+        """Connect and handshake. With follow_leader, a node that names another node
+        as the cluster's leader is left for it (_Redirect)."""
         host, _, port = url.replace("nats://", "").rpartition(":")
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), self.timeout)
         try:
@@ -241,6 +254,8 @@ class Client:
                 raise AuthorizationError(reply.description)
             if not isinstance(reply, P.Response):
                 raise ConnectionError(f"unexpected handshake reply {reply!r}")
+            if follow_leader and info.leader_addr and info.leader_addr != url:
+                raise _Redirect(info.leader_addr)
         except BaseException:
             writer.close()
             raise
@@ -270,13 +285,27 @@ class Client:
         last: Exception | None = None
         while not self._closed:
             order = list(self.servers)
-            # Go to the leader first when the last server told us who it is.
-            if self.info and self.info.leader_addr in order:
-                order.remove(self.info.leader_addr)
-                order.insert(0, self.info.leader_addr)
+            if self._avoid in order:
+                order.remove(self._avoid)
+                order.append(self._avoid)
+            # Go to the leader first when a node told us who it is.
+            hint = self._leader_hint or (self.info.leader_addr if self.info else None)
+            if hint:
+                if hint in order:
+                    order.remove(hint)
+                order.insert(0, hint)
             for url in order:
                 try:
-                    await self._connect_once(url)
+                    try:
+                        await self._connect_once(url, follow_leader=True)
+                    except _Redirect as r:
+                        # A follower named the leader: go there; if it cannot be reached,
+                        # stay on the follower (core messaging works, requests get redirected).
+                        try:
+                            await self._connect_once(r.addr)
+                        except (OSError, ConnectionError, asyncio.TimeoutError):
+                            await self._connect_once(url)
+                    self._leader_hint = None
                     return
                 except AuthorizationError:
                     raise
@@ -317,6 +346,7 @@ class Client:
                 fut.set_result(f.body)
         elif isinstance(f, P.Error):
             err = JSError.from_wire({"code": f.code, "err_code": f.err_code, "description": f.description})
+            err.leader_addr = f.leader_addr
             fut = self._pending.pop(f.id, None)
             if fut and not fut.done():
                 fut.set_exception(err)
@@ -367,8 +397,47 @@ class Client:
             except asyncio.TimeoutError:
                 raise TimeoutError("not connected") from None
 
-    async def _request(self, op: str, body: dict, timeout: float | None = None) -> Any:
+    async def _request(self, op: str, body: dict, timeout: float | None = None, idempotent: bool = False,
+                       attempt: float | None = None) -> Any:
+        """One request, carried across a cluster's failover: a follower's "not leader"
+        moves the connection to the leader and the request is sent again (the follower
+        proposed nothing). An idempotent request is also sent again when its outcome is
+        unknown (connection lost, commit unconfirmed, no answer from a frozen node)."""
         timeout = timeout or self.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause = 0.05
+        while True:
+            remaining = deadline - loop.time()
+            url = self.connected_url
+            multi = idempotent and len(self.servers) > 1
+            try:
+                per = attempt or self.attempt_timeout
+                return await self._request_once(op, body, min(remaining, per) if multi else remaining)
+            except NotLeaderError as e:
+                self._move(url, e.leader_addr)
+                if loop.time() + pause >= deadline:
+                    raise
+            except (ConnectionLostError, ClusterUnavailableError):
+                if not idempotent or loop.time() + pause >= deadline:
+                    raise
+            except TimeoutError:
+                if not multi or loop.time() + pause >= deadline:
+                    raise
+                self._avoid = url
+                self._move(url, None)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    def _move(self, url: Optional[str], leader: Optional[str]) -> None:
+        """Leave the server at `url` (if still connected to it) for `leader`, or another."""
+        if leader:
+            self._leader_hint = leader
+        if url is not None and url == self.connected_url and self._connected.is_set() and \
+                (leader is None or leader != url):
+            self._writer.close()    # the read loop ends, and reconnect picks the hint first
+
+    async def _request_once(self, op: str, body: dict, timeout: float) -> Any:
         if self._closed or not self._connected.is_set():   # the common case needs no coroutine
             await self._wait_connected(timeout)
         slots = self._slots
@@ -482,7 +551,9 @@ class PullSubscription:
         timeout = 5.0 if timeout is None else timeout
         body = {"stream": self.stream, "consumer": self.consumer, "batch": batch, "expires": timeout,
                 "no_wait": timeout <= 0, "max_bytes": max_bytes or 0}
-        r = await self._js._nc._request("fetch", body, timeout + self._js._nc.timeout)
+        nc = self._js._nc
+        r = await nc._request("fetch", body, timeout + nc.timeout, idempotent=True,
+                              attempt=timeout + nc.attempt_timeout)
         return [_js_msg(self._js._nc, d) for d in r["msgs"]]
 
     async def consumer_info(self) -> ConsumerInfo:
@@ -497,13 +568,13 @@ class JetStreamContext:
         self._nc = nc
         self.timeout = timeout
 
-    async def _api(self, op: str, body: dict, timeout: float | None = None):
-        return await self._nc._request(op, body, timeout or self.timeout)
+    async def _api(self, op: str, body: dict, timeout: float | None = None, idempotent: bool = False):
+        return await self._nc._request(op, body, timeout or self.timeout, idempotent)
 
     # -- streams ------------------------------------------------------------------------
     async def add_stream(self, config: StreamConfig | None = None, **params) -> StreamInfo:
         cfg = (config or StreamConfig()).evolve(**params) if params else (config or StreamConfig())
-        return StreamInfo.from_dict(await self._api("stream.add", cfg.to_dict()))
+        return StreamInfo.from_dict(await self._api("stream.add", cfg.to_dict(), idempotent=True))
 
     async def update_stream(self, config: StreamConfig | None = None, **params) -> StreamInfo:
         cfg = (config or StreamConfig()).evolve(**params) if params else config
@@ -513,13 +584,13 @@ class JetStreamContext:
         return (await self._api("stream.delete", {"name": name}))["success"]
 
     async def stream_info(self, name: str) -> StreamInfo:
-        return StreamInfo.from_dict(await self._api("stream.info", {"name": name}))
+        return StreamInfo.from_dict(await self._api("stream.info", {"name": name}, idempotent=True))
 
     async def streams_info(self) -> list[StreamInfo]:
-        return [StreamInfo.from_dict(d) for d in (await self._api("stream.list", {}))["streams"]]
+        return [StreamInfo.from_dict(d) for d in (await self._api("stream.list", {}, idempotent=True))["streams"]]
 
     async def stream_names(self, subject: str | None = None) -> list[str]:
-        return (await self._api("stream.names", {"subject": subject}))["streams"]
+        return (await self._api("stream.names", {"subject": subject}, idempotent=True))["streams"]
 
     async def find_stream_name_by_subject(self, subject: str) -> str:
         names = await self.stream_names(subject)
@@ -537,7 +608,7 @@ class JetStreamContext:
         body = {"name": stream_name, "seq": seq}
         if subject:
             body["next_by_subj" if next else "last_by_subj"] = subject
-        d = await self._api("msg.get", body)
+        d = await self._api("msg.get", body, idempotent=True)
         m = Msg(subject=d["subject"], data=d["data"], headers=d.get("headers"), _client=self._nc)
         m.seq, m.time = d["seq"], d["time"]
         return m
@@ -570,15 +641,7 @@ class JetStreamContext:
             "Nats-Expected-Last-Sequence": expected_last_seq,
             "Nats-Expected-Last-Subject-Sequence": expected_last_subject_seq,
             "Nats-Expected-Last-Msg-Id": expected_last_msg_id})
-        timeout = timeout or self.timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                return PubAck.from_dict(await self._api("pub", body, max(deadline - loop.time(), 0.01)))
-            except ConnectionLostError:
-                if loop.time() >= deadline:
-                    raise TimeoutError("publish outcome unknown: connection lost and not re-established") from None
+        return PubAck.from_dict(await self._api("pub", body, timeout, idempotent=True))
 
     async def publish_async(self, subject: str, payload: bytes = b"", **kw) -> asyncio.Future:
         """Start a publish; returns a future of its PubAck (await it, or gather many)."""
@@ -586,14 +649,15 @@ class JetStreamContext:
 
     async def publish_batch(self, msgs: list[tuple[str, bytes]], timeout: float | None = None) -> list:
         body = {"msgs": [self._pub_body(s, d, None, None, None, {}) for s, d in msgs]}
-        r = await self._api("pub.batch", body, timeout)
+        r = await self._api("pub.batch", body, timeout, idempotent=True)
         return [JSError.from_wire(a["error"]) if "error" in a else PubAck.from_dict(a) for a in r["acks"]]
 
     # -- consumers -----------------------------------------------------------------------
     async def add_consumer(self, stream: str, config: ConsumerConfig | None = None, action: str = "",
                            **params) -> ConsumerInfo:
         cfg = (config or ConsumerConfig()).evolve(**params) if params else (config or ConsumerConfig())
-        r = await self._api("consumer.add", {"stream": stream, "config": cfg.to_dict(), "action": action})
+        r = await self._api("consumer.add", {"stream": stream, "config": cfg.to_dict(), "action": action},
+                            idempotent=True)
         return ConsumerInfo.from_dict(r)
 
     async def update_consumer(self, stream: str, config: ConsumerConfig | None = None, **params) -> ConsumerInfo:
@@ -603,10 +667,10 @@ class JetStreamContext:
         return (await self._api("consumer.delete", {"stream": stream, "name": consumer}))["success"]
 
     async def consumer_info(self, stream: str, consumer: str) -> ConsumerInfo:
-        return ConsumerInfo.from_dict(await self._api("consumer.info", {"stream": stream, "name": consumer}))
+        return ConsumerInfo.from_dict(await self._api("consumer.info", {"stream": stream, "name": consumer}, idempotent=True))
 
     async def consumers_info(self, stream: str) -> list[ConsumerInfo]:
-        return [ConsumerInfo.from_dict(d) for d in (await self._api("consumer.list", {"stream": stream}))["consumers"]]
+        return [ConsumerInfo.from_dict(d) for d in (await self._api("consumer.list", {"stream": stream}, idempotent=True))["consumers"]]
 
     async def pull_subscribe(self, subject: str, durable: str | None = None, stream: str | None = None,
                              config: ConsumerConfig | None = None) -> PullSubscription:

@@ -124,6 +124,8 @@ class Server:
             "consumer.info": self.op_consumer_info, "consumer.names": self.op_consumer_names,
             "consumer.list": self.op_consumer_list, "fetch": self.op_fetch, "ack": self.op_ack,
             "ack.next": self.op_ack_next, "sub": self.op_sub, "unsub": self.op_unsub, "cpub": self.op_cpub,
+            "cluster.status": self.op_cluster_status, "cluster.add_peer": self.op_cluster_add_peer,
+            "cluster.remove_peer": self.op_cluster_remove_peer, "cluster.step_down": self.op_cluster_step_down,
         }
         # Ops served without a task (see _serve_direct).
         self._direct = {"pub": (self._publish_cmd, self._pub_result), "ack": (self._ack_cmd, self._ack_result)}
@@ -266,7 +268,7 @@ class Server:
         """The error frame for a failed request; call from its except block."""
         if isinstance(e, JSError):
             if req.id:
-                conn.send(P.Error(req.id, e.code, e.err_code, e.description))
+                conn.send(P.Error(req.id, e.code, e.err_code, e.description, getattr(e, "leader_addr", None)))
         elif isinstance(e, (TypeError, ValueError, KeyError, OverflowError)):
             if req.id:
                 conn.send(P.Error(req.id, 400, 10003, f"bad request: {e}"))
@@ -312,6 +314,16 @@ class Server:
     async def _read(self, fn):
         return await self.node.read(fn)
 
+    async def _read_fresh(self, fn):
+        """A read a client sees: on the leader, after a read barrier (see RaftNode.read)."""
+        return await self.node.read(fn, fresh=True)
+
+    def _with_cluster(self, d: dict) -> dict:
+        cluster = self.node.cluster_info()
+        if cluster is not None:
+            d["cluster"] = cluster
+        return d
+
     def _wake(self) -> None:
         ev, self._changed = self._changed, asyncio.Event()
         ev.set()
@@ -349,15 +361,15 @@ class Server:
 
     async def op_stream_info(self, conn, body):
         name = self._name(body)
-        return (await self._read(lambda s: s.stream_info(name))).to_dict()
+        return self._with_cluster((await self._read_fresh(lambda s: s.stream_info(name))).to_dict())
 
     async def op_stream_names(self, conn, body):
         subject = body.get("subject")
-        return {"streams": await self._read(lambda s: s.stream_names(subject))}
+        return {"streams": await self._read_fresh(lambda s: s.stream_names(subject))}
 
     async def op_stream_list(self, conn, body):
         subject = body.get("subject")
-        return {"streams": await self._read(
+        return {"streams": await self._read_fresh(
             lambda s: [s.stream_info(n).to_dict() for n in s.stream_names(subject)])}
 
     async def op_stream_purge(self, conn, body):
@@ -369,7 +381,7 @@ class Server:
     async def op_msg_get(self, conn, body):
         name = self._name(body)
         seq, last, nxt = body.get("seq"), body.get("last_by_subj"), body.get("next_by_subj")
-        return (await self._read(lambda s: s.get_msg(name, seq, last, nxt))).to_dict()
+        return (await self._read_fresh(lambda s: s.get_msg(name, seq, last, nxt))).to_dict()
 
     async def op_msg_delete(self, conn, body):
         return {"success": await self._propose(DeleteMsg(self._name(body), int(body.get("seq") or 0),
@@ -463,15 +475,16 @@ class Server:
 
     async def op_consumer_info(self, conn, body):
         stream, name = self._name(body, "stream"), self._name(body)
-        return self._with_waiting(await self._read(lambda s: s.consumer_info(stream, name))).to_dict()
+        info = await self._read_fresh(lambda s: s.consumer_info(stream, name))
+        return self._with_cluster(self._with_waiting(info).to_dict())
 
     async def op_consumer_names(self, conn, body):
         stream = self._name(body, "stream")
-        return {"consumers": await self._read(lambda s: s.consumer_names(stream))}
+        return {"consumers": await self._read_fresh(lambda s: s.consumer_names(stream))}
 
     async def op_consumer_list(self, conn, body):
         stream = self._name(body, "stream")
-        infos = await self._read(lambda s: [s.consumer_info(stream, n) for n in s.consumer_names(stream)])
+        infos = await self._read_fresh(lambda s: [s.consumer_info(stream, n) for n in s.consumer_names(stream)])
         return {"consumers": [self._with_waiting(i).to_dict() for i in infos]}
 
     async def op_fetch(self, conn, body):
@@ -550,7 +563,11 @@ class Server:
 
     # == push consumers ===================================================================
     async def _ensure_push_loops(self) -> None:
-        """Start a delivery loop for every push consumer whose deliver subject has a subscriber."""
+        """Start a delivery loop for every push consumer whose deliver subject has a
+        subscriber (on the leader: only it can hand out messages)."""
+        if not self.node.is_leader:
+            return
+
         def push_consumers(s):
             out = []
             for name in s.stream_names():
@@ -633,12 +650,44 @@ class Server:
         finally:
             self._push_loops.pop((stream, cname), None)
 
+    # == cluster administration =============================================================
+    def _cluster_node(self):
+        if not hasattr(self.node, "status"):
+            raise BadRequestError("this node is not part of a cluster")
+        return self.node
+
+    async def op_cluster_status(self, conn, body):
+        return self._cluster_node().status()
+
+    async def op_cluster_add_peer(self, conn, body):
+        await self._cluster_node().add_peer(self._name(body, "raft"))
+        return {"ok": True}
+
+    async def op_cluster_remove_peer(self, conn, body):
+        await self._cluster_node().remove_peer(self._name(body, "raft"))
+        return {"ok": True}
+
+    async def op_cluster_step_down(self, conn, body):
+        await self._cluster_node().step_down()
+        return {"ok": True}
+
     # == time and events ==================================================================
     async def _ticker(self) -> None:
         last_sweep = time.monotonic()
+        was_leader = self.node.is_leader
         while True:
             await asyncio.sleep(self.config.tick_s)
             self._wake()
+            if self.node.is_leader != was_leader:
+                # A new leader takes over push delivery; a deposed one has nothing to
+                # deliver (its loops end on their next proposal) and its clients move on.
+                was_leader = self.node.is_leader
+                log.info("leadership changed", extra={"leader": was_leader, "node": self.config.server_id})
+                if was_leader:
+                    try:
+                        await self._ensure_push_loops()
+                    except JSError:
+                        pass
             if time.monotonic() - last_sweep >= self.config.sweep_s and self.node.is_leader:
                 last_sweep = time.monotonic()
                 try:

@@ -1,6 +1,6 @@
 """raftbroker's deterministic state machine: streams and consumers on RocksDB."""
 from .commands import (  # noqa: F401
-    ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, Command, DeleteConsumer, DeleteMsg, DeleteStream, Entry,
+    ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, Announce, Command, DeleteConsumer, DeleteMsg, DeleteStream, Entry,
     NextMsgs, Publish, PurgeStream, Sweep, Touch, UpdateStream, decode, encode,
 )
 from .config import (  # noqa: F401
@@ -12,5 +12,5 @@ from .results import (  # noqa: F401
     AckResult, ConsumerInfo, DeliveredMsg, Event, PubAck, PurgeResponse, SequenceInfo, StoredMsg, StreamInfo,
     StreamState,
 )
-from .snapshot import read_manifest, restore_snapshot  # noqa: F401
+from .snapshot import read_extra, read_manifest, restore_snapshot, verify_snapshot  # noqa: F401
 from .store import ApplyResult, Store, StoreOptions  # noqa: F401

@@ -130,9 +130,20 @@ class Sweep(Command):
     op: ClassVar[str] = "sweep"
 
 
+@dataclass
+class Announce(Command):
+    """A cluster node's name and the addresses others reach it at; replicated so
+    that every node can name the leader and send clients to it."""
+    op: ClassVar[str] = "node.announce"
+    name: str = ""
+    raft: str = ""
+    client: str = ""
+    http: str = ""
+
+
 COMMANDS: dict[str, type[Command]] = {c.op: c for c in [
     AddStream, UpdateStream, DeleteStream, PurgeStream, Publish, DeleteMsg, AddConsumer, DeleteConsumer,
-    NextMsgs, Ack, Touch, Sweep]}
+    NextMsgs, Ack, Touch, Sweep, Announce]}
 
 
 def from_wire(item: list) -> Command:

@@ -72,6 +72,12 @@ DuplicateMessageInProcessError = _err("DuplicateMessageInProcessError", 409, 101
                                       "duplicate message id is in process")
 NoStreamForSubjectError = _err("NoStreamForSubjectError", 503, 10161, "no stream matches subject")
 InternalError = _err("InternalError", 500, 10999, "internal error while applying command")
+# The cluster's: a follower refuses (nothing was proposed, so a retry on the leader
+# is always safe); an entry whose commit could not be confirmed (leader lost, timeout)
+# may or may not be applied, so only idempotent requests may retry it.
+NotLeaderError = _err("NotLeaderError", 500, 10009, "cluster can not handle request (not leader)")
+ClusterUnavailableError = _err("ClusterUnavailableError", 503, 10008,
+                               "JetStream system temporarily unavailable")
 
 
 class StoreCorruptError(RuntimeError):
@@ -89,6 +95,7 @@ ERROR_CLASSES: dict[int, type[JSError]] = {
         WrongLastSequenceError, ReplicasNotSupportedError, StreamStoreFailedError, HeaderExceedsMaximumError,
         StreamSealedError, StreamPurgeFailedError, StreamRollupFailedError, ConsumerAlreadyExistsError,
         ConsumerDoesNotExistError, DuplicateMessageInProcessError, NoStreamForSubjectError, InternalError,
+        NotLeaderError, ClusterUnavailableError,
     ]
 }
 

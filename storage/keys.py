@@ -35,6 +35,13 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return prefix, successor(prefix)
 
 
+NODE = b"N"    # cluster node directory: N<name> -> {raft, client, http}
+
+
+def node_key(name: str) -> bytes:
+    return NODE + name.encode()
+
+
 def stream_key(name: str) -> bytes:
     return b"S" + name.encode()
 

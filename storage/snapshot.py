@@ -30,8 +30,10 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def write_snapshot(store, out_path: str) -> dict:
-    """Pack `store` into `out_path`; returns the manifest."""
+def write_snapshot(store, out_path: str, extra: dict[str, bytes] | None = None) -> dict:
+    """Pack `store` into `out_path`; returns the manifest. `extra` files (the Raft
+    layer's own data) are packed and digested alongside; read them back with
+    `read_extra`."""
     work = out_path + ".work"
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -42,6 +44,9 @@ def write_snapshot(store, out_path: str) -> dict:
         store.file.backend.checkpoint(os.path.join(work, "rocks"))
         with open(os.path.join(work, MEMORY), "wb") as f:
             f.write(store.memory_image())
+        for name, raw in (extra or {}).items():
+            with open(os.path.join(work, name), "wb") as f:
+                f.write(raw)
         files = {}
         for root, _dirs, names in os.walk(work):
             for n in names:
@@ -84,6 +89,42 @@ def read_manifest(snapshot_path: str) -> dict:
         return manifest
     except (tarfile.TarError, KeyError, ValueError, AttributeError, OSError) as e:
         raise StoreCorruptError(f"snapshot {snapshot_path} is unreadable: {e}") from e
+
+
+def read_extra(snapshot_path: str, name: str) -> bytes:
+    """One extra file of the snapshot, checked against the manifest's digest."""
+    manifest = read_manifest(snapshot_path)
+    try:
+        with tarfile.open(snapshot_path, "r") as tar:
+            raw = tar.extractfile(name).read()
+    except (tarfile.TarError, KeyError, AttributeError, OSError) as e:
+        raise StoreCorruptError(f"snapshot {snapshot_path}: cannot read {name}: {e}") from e
+    if hashlib.sha256(raw).hexdigest() != manifest["files"].get(name):
+        raise StoreCorruptError(f"snapshot {snapshot_path}: {name} does not match its digest")
+    return raw
+
+
+def verify_snapshot(snapshot_path: str) -> dict:
+    """Check every file of the snapshot against its digest; returns the manifest."""
+    manifest = read_manifest(snapshot_path)
+    try:
+        with tarfile.open(snapshot_path, "r") as tar:
+            seen = set()
+            for member in tar:
+                if member.name in manifest["files"]:
+                    h = hashlib.sha256()
+                    f = tar.extractfile(member)
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                    if h.hexdigest() != manifest["files"][member.name]:
+                        raise StoreCorruptError(f"snapshot {snapshot_path}: {member.name} does not match its digest")
+                    seen.add(member.name)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise StoreCorruptError(f"snapshot {snapshot_path} is unreadable: {e}") from e
+    missing = set(manifest["files"]) - seen
+    if missing:
+        raise StoreCorruptError(f"snapshot {snapshot_path} lacks {sorted(missing)[0]}")
+    return manifest
 
 
 def restore_snapshot(snapshot_path: str, data_dir: str) -> tuple[dict, bytes]:

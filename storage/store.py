@@ -19,7 +19,7 @@ import msgpack
 from . import keys as K
 from . import subjects as subj
 from .commands import (
-    ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, DeleteConsumer, DeleteMsg, DeleteStream, Entry,
+    ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, Announce, DeleteConsumer, DeleteMsg, DeleteStream, Entry,
     NextMsgs, Publish, PurgeStream, Sweep, Touch, UpdateStream,
 )
 from .config import (
@@ -93,16 +93,17 @@ class Store:
         self.options = options
         self.file = Partition("file", rocks)
         self.mem = Partition("memory", MemoryBackend())
-        if memory_image is not None:
-            self.mem.backend.load(msgpack.unpackb(memory_image, raw=False, strict_map_key=False)["items"])
-        self.file.load()
-        self.mem.load()
         self._routes: dict[str, Optional[StreamRec]] = {}
+        self.file.load()
+        if memory_image is not None:
+            self.load_memory_image(memory_image)
+        else:
+            self.mem.load()
         self._handlers = {
             AddStream: self._add_stream, UpdateStream: self._update_stream, DeleteStream: self._delete_stream,
             PurgeStream: self._purge_stream, Publish: self._publish, DeleteMsg: self._delete_msg,
             AddConsumer: self._add_consumer, DeleteConsumer: self._delete_consumer, NextMsgs: self._next_msgs,
-            Ack: self._ack, Touch: self._touch, Sweep: self._sweep,
+            Ack: self._ack, Touch: self._touch, Sweep: self._sweep, Announce: self._announce,
         }
 
     @classmethod
@@ -577,6 +578,17 @@ class Store:
         c.dirty = True
         return True
 
+    def _announce(self, cmd: Announce, ctx: _Ctx) -> bool:
+        if not ctx.replay:
+            self.file.tx.put(K.node_key(cmd.name), msgpack.packb(
+                {"raft": cmd.raft, "client": cmd.client, "http": cmd.http}))
+        return True
+
+    def nodes(self) -> dict[str, dict]:
+        """The cluster's node directory: name -> {raft, client, http}."""
+        return {k[len(K.NODE):].decode(): msgpack.unpackb(v)
+                for k, v in Tx(self.file.backend).scan(*K.prefix_range(K.NODE))}
+
     def _sweep(self, cmd: Sweep, ctx: _Ctx) -> int:
         """Returns how many consumers were removed for inactivity."""
         removed = 0
@@ -678,12 +690,19 @@ class Store:
         return out
 
     # == snapshots ====================================================================
+    def load_memory_image(self, image: bytes) -> None:
+        """Replace the memory partition with a snapshot's image (its index with it)."""
+        self.mem.backend = MemoryBackend()
+        self.mem.backend.load(msgpack.unpackb(image, raw=False, strict_map_key=False)["items"])
+        self.mem.load()
+        self._routes.clear()
+
     def memory_image(self) -> bytes:
         return msgpack.packb({"items": self.mem.backend.items()}, use_bin_type=True)
 
-    def snapshot(self, out_path: str) -> dict:
+    def snapshot(self, out_path: str, extra: dict[str, bytes] | None = None) -> dict:
         from .snapshot import write_snapshot
-        return write_snapshot(self, out_path)
+        return write_snapshot(self, out_path, extra)
 
 
 def _as_int(v) -> int:

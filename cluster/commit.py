@@ -1,0 +1,167 @@
+"""Group commit: proposals wait in a bounded queue and ride together in one entry.
+
+`GroupCommitNode` is the interface the RPC server talks to (`propose`,
+`propose_future`, `propose_one`, `read`, `barrier`, event listeners). How an
+entry is made durable is the subclass's one job: `LocalNode` applies it to
+the store directly, `RaftNode` commits it through the Raft log first.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from storage.commands import Command, Publish
+from storage.errors import JSError
+
+log = logging.getLogger("raftbroker.node")
+
+
+class NodeBusyError(JSError):
+    code = 503
+    err_code = 10008
+    description = "too many proposals waiting; try again"
+
+
+@dataclass
+class BatchBounds:
+    max_commands: int = 1000               # commands packed into one entry
+    max_bytes: int = 2 * 1024 * 1024       # payload bytes packed into one entry
+    max_queued: int = 50_000               # proposals waiting for an entry before new ones are refused
+    max_inflight: int = 1                  # entries committing at once (pipelining depth)
+
+
+def _weight(cmd: Optional[Command]) -> int:
+    return len(cmd.data) + len(cmd.subject) + 64 if isinstance(cmd, Publish) else 64
+
+
+class GroupCommitNode:
+    """Subclasses implement `_commit(time_ns, commands) -> (results, events)`."""
+
+    def __init__(self, bounds: BatchBounds | None = None, clock: Callable[[], int] = time.time_ns):
+        self.bounds = bounds or BatchBounds()
+        self.clock = clock
+        # (command, future); command None is a read barrier: it only waits for an entry.
+        self._queue: list[tuple[Optional[Command], asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._listeners: list[Callable] = []
+        self._task: Optional[asyncio.Task] = None
+        self._inflight: Optional[asyncio.Semaphore] = None
+        self._closed = False
+
+    # -- the interface the server uses ------------------------------------------------
+    def add_listener(self, fn: Callable) -> None:
+        """fn(events) is called on the event loop after each applied entry."""
+        self._listeners.append(fn)
+
+    def _check_open(self, n: int) -> None:
+        if self._closed:
+            raise NodeBusyError("node is shutting down")
+        if len(self._queue) + n > self.bounds.max_queued:
+            raise NodeBusyError()
+
+    def _enqueue(self, command: Optional[Command]) -> asyncio.Future:
+        f = asyncio.get_running_loop().create_future()
+        self._queue.append((command, f))
+        self._wake.set()
+        return f
+
+    async def propose(self, commands: list[Command]) -> list:
+        """Apply commands (possibly sharing an entry with others); results in order.
+        A command's JSError is its result, not raised."""
+        self._check_open(len(commands))
+        futs = [self._enqueue(c) for c in commands]
+        return list(await asyncio.gather(*futs))
+
+    def propose_future(self, command: Command) -> asyncio.Future:
+        """Queue one command now; a future of its result (a JSError result is the
+        future's value, not raised). Lets the server serve a publish or an ack
+        with a callback instead of a task per request."""
+        self._check_open(1)
+        return self._enqueue(command)
+
+    async def propose_one(self, command: Command):
+        r = await self.propose_future(command)
+        if isinstance(r, JSError):
+            raise r
+        return r
+
+    async def barrier(self) -> None:
+        """Return once an entry proposed after this call is applied: everything
+        acknowledged before the call is then visible. Waiting reads share entries."""
+        self._check_open(1)
+        await self._enqueue(None)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._inflight = asyncio.Semaphore(self.bounds.max_inflight)
+        self._task = asyncio.get_running_loop().create_task(self._commit_loop())
+
+    async def _stop_commits(self) -> None:
+        """Refuse new proposals and let the queued ones finish or fail."""
+        self._closed = True
+        if self._task:
+            self._wake.set()
+            await self._task
+            for _ in range(self.bounds.max_inflight):
+                await self._inflight.acquire()
+
+    def _take_batch(self) -> list[tuple[Optional[Command], asyncio.Future]]:
+        n, size = 0, 0
+        for cmd, _ in self._queue:
+            w = _weight(cmd)
+            if n and (n >= self.bounds.max_commands or size + w > self.bounds.max_bytes):
+                break
+            n += 1
+            size += w
+        batch, self._queue = self._queue[:n], self._queue[n:]
+        return batch
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # While entries are being committed, new proposals gather in the queue
+            # and ride in the next entry: that is the group commit.
+            await self._inflight.acquire()
+            batch = self._take_batch()
+            loop.create_task(self._commit_batch(batch))
+
+    async def _commit_batch(self, batch) -> None:
+        try:
+            commands = [c for c, _ in batch if c is not None]
+            try:
+                results, events = await self._commit(self.clock(), commands)
+            except Exception as e:  # the entry failed as a whole (no leader, I/O, timeout)
+                if not isinstance(e, JSError):
+                    log.exception("committing an entry failed")
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(e)
+                return
+            it = iter(results)
+            for c, f in batch:
+                r = next(it) if c is not None else None
+                if not f.done():
+                    f.set_result(r)
+            if events:
+                self._emit(events)
+        finally:
+            self._inflight.release()
+
+    def _emit(self, events) -> None:
+        for fn in self._listeners:
+            try:
+                fn(events)
+            except Exception:  # a listener's bug must not stop the log
+                log.exception("event listener failed")
+
+    async def _commit(self, time_ns: int, commands: list[Command]) -> tuple[list, list]:
+        raise NotImplementedError

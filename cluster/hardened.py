@@ -1,0 +1,178 @@
+"""pysyncobj 0.3.17, hardened at its seams (never by copying its source).
+
+`HardenedSyncObj` subclasses `SyncObj` and overrides a few of its methods by
+their mangled names. Each override fixes one defect recorded in
+`../shared/reference/pysyncobj.md` (§8.2, §10.3); `tests/test_hardened.py`
+reproduces each defect on the plain class and shows it gone here.
+
+- Durability: the journal is synced before the leader counts itself toward a
+  commit (the start of every tick, before the commit computation) and before a
+  follower reports entries appended (`__sendNextNodeIdx`). Votes are synced by
+  the journal's meta store.
+- `nextIndex` never goes backwards on a successful reply (followers otherwise
+  truncate entries they applied, and can wedge).
+- A follower drops an append that would truncate entries it already applied;
+  Raft never needs that, so such a message is stale.
+- Compaction never deletes up to an index that is no longer in the log.
+- A node that is not a voter (wiped, new, or not yet bootstrapped) neither
+  stands for election nor grants votes: it cannot prove what it acknowledged.
+- The replicated method never raises (see `RaftNode._apply`), so no entry can
+  wedge the apply loop; a failed snapshot load ends the process (see
+  `cluster/snapshots.py`) instead of being acknowledged.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+from pysyncobj import FAIL_REASON, SyncObj, replicated
+
+log = logging.getLogger("raftbroker.raft")
+
+_FAR_FUTURE = 1e12
+
+
+class HardenedSyncObj(SyncObj):
+    def __init__(self, self_addr: str, partners: list[str], conf, journal, apply_fn, voter: bool,
+                 on_voter=None, on_members=None):
+        self._journal = journal
+        self._apply_fn = apply_fn
+        self.voter = voter
+        self._on_voter = on_voter
+        self._on_members = on_members
+        self.heard_leader = False
+        self._tick_calls: collections.deque = collections.deque()
+        super().__init__(self_addr, partners, conf)
+        self._known_members = self.members()
+
+    def call_in_tick(self, fn) -> None:
+        """Run fn() in the tick thread, which owns all Raft state."""
+        self._tick_calls.append(fn)
+
+    # -- the one replicated method ------------------------------------------------------
+    @replicated
+    def apply_entry(self, blob: bytes):
+        return self._apply_fn(self.raftLastApplied + 1, blob)
+
+    # -- durability and the voter guard, each tick ----------------------------------------
+    def _onTick(self, timeToWait=0.0):
+        while self._tick_calls:
+            self._tick_calls.popleft()()
+        self._journal.sync()
+        members = self.members()
+        if members != self._known_members:
+            self._known_members = members
+            if self._on_members:
+                self._on_members(members)
+        if not self.voter:
+            self._SyncObj__raftElectionDeadline = time.monotonic() + _FAR_FUTURE
+            self._maybe_become_voter()
+        super()._onTick(timeToWait)
+
+    def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
+        self._journal.sync()
+        super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+    def _maybe_become_voter(self) -> None:
+        # Caught up with a leader heard in this process: everything it had committed
+        # when it last spoke is applied here, so this node's log now proves what it acks.
+        leader_commit = self._SyncObj__leaderCommitIndex
+        if (self.heard_leader and leader_commit is not None and leader_commit > 1
+                and self.raftLastApplied >= leader_commit):
+            self.make_voter("caught up with the leader at index %d" % leader_commit)
+
+    def transfer_leadership(self, callback) -> None:
+        """transferLeadership, and no new entries until the election it starts is over:
+        an entry appended meanwhile leaves the chosen follower behind, it loses, and
+        this node is elected again."""
+        def done(res, err):
+            if err == FAIL_REASON.SUCCESS:
+                self._hold_until = time.monotonic() + self._SyncObj__conf.raftMaxTimeout
+            callback(res, err)
+        self.transferLeadership(callback=done)
+
+    def _checkCommandsToApply(self):
+        if time.monotonic() < self._hold_until:
+            return
+        super()._checkCommandsToApply()
+
+    _hold_until = 0.0
+
+    def make_voter(self, why: str) -> None:
+        if self.voter:
+            return
+        self.voter = True
+        self._SyncObj__raftElectionDeadline = time.monotonic() + self._SyncObj__generateRaftTimeout()
+        log.info("node is now a voter: %s", why)
+        if self._on_voter:
+            self._on_voter()
+
+    # -- message guards -----------------------------------------------------------------------
+    def _SyncObj__onMessageReceived(self, node, message):
+        mtype = message.get("type") if isinstance(message, dict) else None
+        if mtype in ("request_vote", "timeout_now") and not self.voter:
+            return      # a non-voter must not help elect anyone, nor stand itself
+        if mtype == "append_entries":
+            if self._would_truncate_applied(message):
+                log.warning("dropped a stale append that would truncate applied entries",
+                            extra={"prev_log_idx": message.get("prevLogIdx"), "applied": self.raftLastApplied})
+                return
+            if message.get("term", -1) >= self.raftCurrentTerm:
+                self.heard_leader = True
+        if mtype == "request_vote" and self._isLeader() and message.get("term", -1) > self.raftCurrentTerm:
+            # A leader deposed by a higher term keeps the election deadline it set long
+            # ago, so pysyncobj makes it a candidate on its very next tick, often before
+            # the node it handed leadership to can win: give that node a full timeout.
+            super()._SyncObj__onMessageReceived(node, message)
+            if not self._isLeader():
+                self._SyncObj__raftElectionDeadline = time.monotonic() + self._SyncObj__generateRaftTimeout()
+            return
+        if mtype == "next_node_idx" and message.get("success") and self._isLeader():
+            before = self._SyncObj__raftNextIndex.get(node)
+            super()._SyncObj__onMessageReceived(node, message)
+            after = self._SyncObj__raftNextIndex.get(node)
+            if before is not None and after is not None and after < before and not message.get("reset"):
+                # Several appends are in flight; a reply to an older one must not move
+                # nextIndex back (pysyncobj does, and followers then truncate).
+                self._SyncObj__raftNextIndex[node] = before
+            return
+        super()._SyncObj__onMessageReceived(node, message)
+
+    def _would_truncate_applied(self, message) -> bool:
+        prev = message.get("prevLogIdx")
+        if prev is None or "transmission" in message or message.get("term", -1) < self.raftCurrentTerm:
+            return False
+        log_ = self._SyncObj__raftLog
+        if not len(log_):
+            return False
+        last = log_[-1][1]
+        if last <= prev or prev + 1 > self.raftLastApplied:
+            return False
+        # pysyncobj cuts everything after prev, then appends the message's entries.
+        # Applied entries are committed and a leader never conflicts with them, so a
+        # message that would leave some of them cut is a stale or regressed duplicate.
+        covered = prev + len(message.get("entries") or [])
+        return last > covered and self.raftLastApplied > covered
+
+    # -- compaction guard ---------------------------------------------------------------------
+    def _SyncObj__deleteEntriesTo(self, toIDx):
+        log_ = self._SyncObj__raftLog
+        if not len(log_) or not (log_[0][1] <= toIDx <= log_[-1][1]):
+            log.warning("compaction skipped: index %s is no longer in the log", toIDx)
+            return
+        super()._SyncObj__deleteEntriesTo(toIDx)
+
+    # -- views for status pages (read-only, racy by a tick at most) ----------------------------
+    def last_contact(self) -> dict[str, float]:
+        now = time.monotonic()
+        return {n.id: now - t for n, t in dict(self._SyncObj__lastResponseTime).items()}
+
+    def match_index(self) -> dict[str, int]:
+        return {n.id: i for n, i in dict(self._SyncObj__raftMatchIndex).items()}
+
+    def members(self) -> list[str]:
+        return sorted([n.id for n in set(self._SyncObj__otherNodes)] + [self.selfNode.id])
+
+    def leader_commit_index(self) -> int:
+        return self._SyncObj__leaderCommitIndex or 0
