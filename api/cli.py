@@ -118,6 +118,7 @@ async def _serve(cfg) -> None:
 
 def server(args) -> int:
     import asyncio
+    import logging
 
     from api.logs import setup_logging
     from api.node_config import ConfigError, resolve
@@ -131,6 +132,7 @@ def server(args) -> int:
     try:
         asyncio.run(_serve(cfg))
     except CorruptStateError as e:
+        logging.getLogger("raftbroker").critical("corruption found: %s", e)
         print(f"raftbroker {cfg.name}: refusing to start: {e}", file=sys.stderr, flush=True)
         return 3
     return 0

@@ -49,9 +49,10 @@ class AuthorizationError(Exception):
 
 
 class _Redirect(Exception):
-    def __init__(self, addr: str):
+    def __init__(self, addr: str, name: Optional[str]):
         super().__init__(addr)
         self.addr = addr
+        self.name = name
 
 
 @dataclass
@@ -237,7 +238,7 @@ class Client:
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
-    async def _connect_once(self, url: str, follow_leader: bool = False) -> None:
+    async def _connect_once(self, url: str, follow_leader: bool = False, want: Optional[str] = None) -> None:
         """Connect and handshake. With follow_leader, a node that names another node
         as the cluster's leader is left for it (_Redirect)."""
         host, _, port = url.replace("nats://", "").rpartition(":")
@@ -255,7 +256,9 @@ class Client:
             if not isinstance(reply, P.Response):
                 raise ConnectionError(f"unexpected handshake reply {reply!r}")
             if follow_leader and info.leader_addr and info.leader_addr != url:
-                raise _Redirect(info.leader_addr)
+                raise _Redirect(info.leader_addr, info.leader)
+            if want is not None and info.server_id != want:
+                raise ConnectionError(f"{url} is {info.server_id}, not {want}")
         except BaseException:
             writer.close()
             raise
@@ -269,6 +272,20 @@ class Client:
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
         for sub in list(self._subs.values()):
             self._write(P.Request(0, "sub", {"sid": sub.sid, "subject": sub.subject, "queue": sub.queue}))
+
+    async def _follow(self, r: "_Redirect", follower: str, seeds: list[str]) -> None:
+        """A follower named the leader: go there. Its advertised address may not be
+        reachable from here (a container name seen from the host), so then look for
+        the leader by name among the seed addresses; failing that, stay on the
+        follower (core messaging works there; requests are redirected)."""
+        candidates = [(r.addr, None)] + [(u, r.name) for u in seeds if u not in (r.addr, follower)]
+        for addr, want in candidates:
+            try:
+                await self._connect_once(addr, want=want)
+                return
+            except (OSError, ConnectionError, asyncio.TimeoutError):
+                continue
+        await self._connect_once(follower)
 
     async def _read_frame(self, reader, decoder):
         while True:
@@ -299,12 +316,7 @@ class Client:
                     try:
                         await self._connect_once(url, follow_leader=True)
                     except _Redirect as r:
-                        # A follower named the leader: go there; if it cannot be reached,
-                        # stay on the follower (core messaging works, requests get redirected).
-                        try:
-                            await self._connect_once(r.addr)
-                        except (OSError, ConnectionError, asyncio.TimeoutError):
-                            await self._connect_once(url)
+                        await self._follow(r, url, order)
                     self._leader_hint = None
                     return
                 except AuthorizationError:

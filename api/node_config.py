@@ -75,6 +75,12 @@ class NodeConfig:
             v = getattr(self, name)
             if v and not v.rpartition(":")[2].isdigit():
                 raise ConfigError(f"--{name} must be HOST:PORT, not {v!r}")
+        if self.raft and not self.advertise and self.raft.rpartition(":")[0] in ("0.0.0.0", "::", "[::]", ""):
+            raise ConfigError(f"--raft {self.raft} binds every interface: set --advertise to the host other nodes "
+                              f"reach this one at (the node names itself by it, and it must be in --peers)")
+        if self.raft and self.peer_list and self.raft_addr not in self.peer_list:
+            raise ConfigError(f"this node's Raft address {self.raft_addr} is not in --peers {self.peers}: "
+                              f"list every member, this one included, by the address the others use")
 
 
 def _env_name(f: dataclasses.Field) -> str:
@@ -97,7 +103,12 @@ def _coerce(f: dataclasses.Field, value):
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        return str(value).strip().lower() in ("1", "true", "yes", "on")
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{value!r} is not a boolean (use true or false)")
     if kind == "int":
         return int(value)
     if kind == "float":

@@ -60,6 +60,7 @@ class HardenedSyncObj(SyncObj):
         while self._tick_calls:
             self._tick_calls.popleft()()
         self._journal.sync()
+        self._log_role()
         members = self.members()
         if members != self._known_members:
             self._known_members = members
@@ -73,6 +74,24 @@ class HardenedSyncObj(SyncObj):
     def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
         self._journal.sync()
         super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+    _last_role = (0, None)
+
+    def _log_role(self) -> None:
+        leader = self._getLeader()
+        role = (self.raftCurrentTerm, leader.id if leader is not None else None)
+        if role != self._last_role:
+            self._last_role = role
+            log.info("term %d: leader %s", role[0], role[1] or "unknown",
+                     extra={"term": role[0], "leader": role[1], "self_leader": self._isLeader()})
+
+    def _SyncObj__onNodeConnected(self, node):
+        log.info("peer connected", extra={"peer": node.id})
+        super()._SyncObj__onNodeConnected(node)
+
+    def _SyncObj__onNodeDisconnected(self, node):
+        log.warning("peer lost", extra={"peer": node.id})
+        super()._SyncObj__onNodeDisconnected(node)
 
     def _maybe_become_voter(self) -> None:
         # Caught up with a leader heard in this process: everything it had committed
@@ -140,6 +159,8 @@ class HardenedSyncObj(SyncObj):
         super()._SyncObj__onMessageReceived(node, message)
 
     def _would_truncate_applied(self, message) -> bool:
+        """Is this append stale: would pysyncobj's cut (everything after prevLogIdx,
+        then the message's entries) drop entries no leader could want dropped?"""
         prev = message.get("prevLogIdx")
         if prev is None or "transmission" in message or message.get("term", -1) < self.raftCurrentTerm:
             return False
@@ -147,13 +168,23 @@ class HardenedSyncObj(SyncObj):
         if not len(log_):
             return False
         last = log_[-1][1]
-        if last <= prev or prev + 1 > self.raftLastApplied:
+        new = message.get("entries") or []
+        covered = prev + len(new)
+        if last <= covered:
             return False
-        # pysyncobj cuts everything after prev, then appends the message's entries.
-        # Applied entries are committed and a leader never conflicts with them, so a
-        # message that would leave some of them cut is a stale or regressed duplicate.
-        covered = prev + len(message.get("entries") or [])
-        return last > covered and self.raftLastApplied > covered
+        # Applied entries are committed, and no leader conflicts with them.
+        if self.raftLastApplied > covered:
+            return True
+        # Entries after the message's that this same leader sent (its term) may already
+        # count toward a commit: a leader never rewrites its own entries, so cutting
+        # them is never needed. Raft cuts only on a real conflict.
+        first = log_[0][1]
+        for _cmd, idx, term in new:
+            pos = idx - first
+            if 0 <= pos < len(log_) and log_[pos][2] != term:
+                return False            # a real conflict: let pysyncobj replace them
+        term = message["term"]
+        return all(log_[pos][2] == term for pos in range(covered + 1 - first, len(log_)))
 
     # -- compaction guard ---------------------------------------------------------------------
     def _SyncObj__deleteEntriesTo(self, toIDx):

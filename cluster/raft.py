@@ -144,7 +144,10 @@ class RaftNode(GroupCommitNode):
             # acknowledge it, never wedge the tick loop retrying it. End the process.
             _fatal("cannot apply entry %d; stopping the node", index)
         if res.events and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._emit, res.events)
+            try:
+                self._loop.call_soon_threadsafe(self._emit, res.events)
+            except RuntimeError:
+                pass        # the event loop is closed: shutting down, nobody listens
         return res.results
 
     # == snapshots (tick thread) =========================================================
