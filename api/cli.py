@@ -76,7 +76,9 @@ def _open_node(cfg):
     settings = RaftSettings(election_min_s=cfg.election_min_s, election_max_s=cfg.election_max_s,
                             compaction_min_entries=cfg.snapshot_entries, sync=not cfg.no_sync)
     options = StoreOptions(sync=not cfg.no_sync, max_replicas=len(members), max_payload=max_payload)
-    node = RaftNode(ident, cfg.data, cfg.cluster_secret or None, settings, bounds, options, cfg.bootstrap)
+    from cluster.clock import node_clock
+    node = RaftNode(ident, cfg.data, cfg.cluster_secret or None, settings, bounds, options, cfg.bootstrap,
+                    clock=node_clock())
     return node, max_payload
 
 
@@ -244,6 +246,12 @@ def main(argv=None) -> int:
     p.add_argument("--token", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cluster_cmd)
+    from chaos.cli import add_run_arguments, run_command
+    p = sub.add_parser("chaos", help="the chaos suite: run a cluster under faults and check the history")
+    csub = p.add_subparsers(dest="chaos_cmd", required=True)
+    p = csub.add_parser("run", help="run a cluster under faults and check the history")
+    add_run_arguments(p)
+    p.set_defaults(func=run_command)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
@@ -80,6 +81,7 @@ class Msg:
     metadata: Optional[MsgMetadata] = None
     _client: Any = field(default=None, repr=False)
     _acked: bool = field(default=False, repr=False)
+    received: float = field(default=0.0, repr=False)   # time.monotonic() when the frame arrived
 
     async def respond(self, data: bytes) -> None:
         if not self.reply:
@@ -92,12 +94,14 @@ class Msg:
         m = self.metadata
         return dict(stream=m.stream, consumer=m.consumer, seq=m.sequence.stream, kind=kind, **extra)
 
-    async def _send_ack(self, kind: str, sync: bool, **extra):
+    async def _send_ack(self, kind: str, sync: bool, timeout: float | None = None, **extra):
         if self._acked and kind != "progress":
             raise ValueError("message was already acknowledged")
         body = self._ack_body(kind, **extra)
         if sync:
-            r = await self._client._request("ack", body)
+            # Not idempotent: an ack whose outcome is unknown raises, it is never retried
+            # into a silent success.
+            r = await self._client._request("ack", body, timeout)
         else:
             await self._client._send_noreply("ack", body)
             r = None
@@ -111,7 +115,7 @@ class Msg:
 
     async def ack_sync(self, timeout: float | None = None) -> None:
         """Return only once the ack is applied; raise if that cannot be confirmed."""
-        await self._send_ack("ack", True)
+        await self._send_ack("ack", True, timeout)
 
     async def nak(self, delay: float | None = None) -> None:
         await self._send_ack("nak", False, delay=delay or 0)
@@ -372,6 +376,7 @@ class Client:
                 msg = _js_msg(self, f.meta)
             else:
                 msg = Msg(subject=f.subject, data=f.data, headers=f.headers, reply=f.reply, _client=self)
+            msg.received = time.monotonic()
             sub._deliver(msg)
         elif isinstance(f, P.Ping):
             self._write(P.Pong())

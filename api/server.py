@@ -461,6 +461,10 @@ class Server:
         stream = self._name(body, "stream")
         cfg = ConsumerConfig.from_dict(body.get("config") or {})
         info = await self._propose(AddConsumer(stream, cfg, body.get("action") or ""))
+        loop = self._push_loops.get((stream, info.name))
+        if loop is not None and getattr(loop, "subject", None) != info.config.deliver_subject:
+            loop.cancel()       # an update moved the deliver subject: deliver to the new one
+            self._push_loops.pop((stream, info.name), None)
         await self._ensure_push_loops()
         return self._with_waiting(info).to_dict()
 
@@ -581,7 +585,9 @@ class Server:
             key = (stream, cname)
             task = self._push_loops.get(key)
             if (task is None or task.done()) and self.router.has_interest(cfg.deliver_subject):
-                self._push_loops[key] = asyncio.get_running_loop().create_task(self._push_loop(stream, cname, cfg))
+                task = asyncio.get_running_loop().create_task(self._push_loop(stream, cname, cfg))
+                task.subject = cfg.deliver_subject
+                self._push_loops[key] = task
 
     async def _push_loop(self, stream: str, cname: str, cfg: ConsumerConfig) -> None:
         subject = cfg.deliver_subject
@@ -648,7 +654,8 @@ class Server:
         except Exception:
             log.exception("push delivery failed", extra={"stream": stream, "consumer": cname})
         finally:
-            self._push_loops.pop((stream, cname), None)
+            if self._push_loops.get((stream, cname)) is asyncio.current_task():
+                self._push_loops.pop((stream, cname), None)
 
     # == cluster administration =============================================================
     def _cluster_node(self):

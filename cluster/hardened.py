@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 
 from pysyncobj import FAIL_REASON, SyncObj, replicated
@@ -31,6 +32,12 @@ from pysyncobj import FAIL_REASON, SyncObj, replicated
 log = logging.getLogger("raftbroker.raft")
 
 _FAR_FUTURE = 1e12
+
+# Test-only switches (RAFTBROKER_TEST_BROKEN) that break the guarantees on purpose, so the
+# chaos suite can show it catches what they break: the leader counts every entry as
+# replicated as soon as it is in its own log; or nothing is synced before an ack.
+BROKEN_ACK_BEFORE_COMMIT = "ack-before-commit"
+BROKEN_SKIP_SYNC = "skip-sync"
 
 
 class HardenedSyncObj(SyncObj):
@@ -42,6 +49,9 @@ class HardenedSyncObj(SyncObj):
         self._on_voter = on_voter
         self._on_members = on_members
         self.heard_leader = False
+        self.broken = os.environ.get("RAFTBROKER_TEST_BROKEN", "")
+        if self.broken:
+            log.critical("TEST BUILD, DELIBERATELY BROKEN: %s", self.broken)
         self._tick_calls: collections.deque = collections.deque()
         super().__init__(self_addr, partners, conf)
         self._known_members = self.members()
@@ -59,7 +69,11 @@ class HardenedSyncObj(SyncObj):
     def _onTick(self, timeToWait=0.0):
         while self._tick_calls:
             self._tick_calls.popleft()()
-        self._journal.sync()
+        self._sync_journal()
+        if self.broken == BROKEN_ACK_BEFORE_COMMIT and self._isLeader():
+            last = self._SyncObj__raftLog[-1][1]
+            for n in list(self._SyncObj__raftMatchIndex):
+                self._SyncObj__raftMatchIndex[n] = last
         self._log_role()
         members = self.members()
         if members != self._known_members:
@@ -72,7 +86,7 @@ class HardenedSyncObj(SyncObj):
         super()._onTick(timeToWait)
 
     def _SyncObj__sendNextNodeIdx(self, node, reset=False, nextNodeIdx=None, success=False):
-        self._journal.sync()
+        self._sync_journal()
         super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
     _last_role = (0, None)
@@ -92,6 +106,10 @@ class HardenedSyncObj(SyncObj):
     def _SyncObj__onNodeDisconnected(self, node):
         log.warning("peer lost", extra={"peer": node.id})
         super()._SyncObj__onNodeDisconnected(node)
+
+    def _sync_journal(self) -> None:
+        if self.broken != BROKEN_SKIP_SYNC:
+            self._journal.sync()
 
     def _maybe_become_voter(self) -> None:
         # Caught up with a leader heard in this process: everything it had committed

@@ -1,0 +1,230 @@
+"""The chaos workload: publishers and consumers that record every attempt in the history.
+
+Publishers publish unique values (`<process>-<n>`, also the msg_id), some one at
+a time, some with a window of publishes in flight. A pull consumer and a push
+deliver group read and `ack_sync` what they get. `drain` runs after healing:
+it reads every consumer to the end and the final stream.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from api.client import ConsumerConfig, connect
+from storage.errors import JSError
+
+from .history import FAIL, INFO, OK, Op
+
+STREAM = "CHAOS"
+SUBJECT = "chaos.v"
+PULL, PUSH = "pull", "grp"
+
+
+@dataclass
+class WorkloadConfig:
+    sequential_publishers: int = 2
+    windowed_publishers: int = 1
+    window: int = 4
+    pull_workers: int = 1
+    push_workers: int = 2
+    publish_timeout_s: float = 5.0
+    # Well above any queueing delay in the workers: a redelivery then means a
+    # delivery was really lost (a worker's connection dropped, say), not a slow worker.
+    ack_wait_s: float = 30.0
+
+
+def _outcome(e: BaseException) -> str:
+    # A follower's "not leader" is retried inside the client; what reaches us is an
+    # error after which the publish may or may not be stored: unknown, unless the
+    # server refused it as such before proposing (a JSError other than availability).
+    if isinstance(e, JSError) and e.err_code not in (10008, 10009):
+        return FAIL
+    return INFO
+
+
+class Workload:
+    def __init__(self, servers: list[str], cfg: WorkloadConfig, t0: float, record: Callable[[Op], None]):
+        """t0: the run's start on time.monotonic(); history times are seconds since it."""
+        self.servers = servers
+        self.cfg = cfg
+        self.t0 = t0
+        self.now = lambda: time.monotonic() - t0
+        self.record = record
+        self.stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._clients = []
+        self.acked = 0
+
+    async def _client(self):
+        nc = await connect(self.servers, timeout=self.cfg.publish_timeout_s, max_reconnect_attempts=-1)
+        nc.attempt_timeout = 2.0
+        self._clients.append(nc)
+        return nc
+
+    async def setup(self) -> None:
+        nc = await self._client()
+        js = nc.jetstream()
+        await js.add_stream(name=STREAM, subjects=["chaos.>"], num_replicas=3, duplicate_window=120)
+        await js.add_consumer(STREAM, ConsumerConfig(durable_name=PULL, ack_policy="explicit",
+                                                     ack_wait=self.cfg.ack_wait_s, max_ack_pending=10_000))
+        # The push consumer is made once, here: workers that each created it would race,
+        # and the loser's update would move its deliver subject away from the winner.
+        await js.add_consumer(STREAM, ConsumerConfig(durable_name=PUSH, deliver_subject=f"_CHAOS.{PUSH}",
+                                                     deliver_group=PUSH, ack_policy="explicit",
+                                                     ack_wait=self.cfg.ack_wait_s, max_ack_pending=10_000))
+
+    async def start(self) -> None:
+        for k in range(self.cfg.sequential_publishers):
+            self._spawn(self._publisher(f"pub-{k}", 1))
+        for k in range(self.cfg.windowed_publishers):
+            self._spawn(self._publisher(f"win-{k}", self.cfg.window))
+        for k in range(self.cfg.pull_workers):
+            self._spawn(self._puller(f"pull-{k}"))
+        for k in range(self.cfg.push_workers):
+            self._spawn(self._pusher(f"push-{k}"))
+
+    def _spawn(self, coro) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    async def halt(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def close(self) -> None:
+        for nc in self._clients:
+            try:
+                await asyncio.wait_for(nc.close(), 5)
+            except Exception:  # noqa: BLE001 - closing a client of a dead cluster
+                pass
+
+    # -- publishers ------------------------------------------------------------------------
+    async def _publisher(self, name: str, window: int) -> None:
+        js = (await self._client()).jetstream()
+        slots = asyncio.Semaphore(window)
+        n = 0
+        pending: set[asyncio.Task] = set()
+        while not self.stop.is_set():
+            await slots.acquire()
+            if self.stop.is_set():
+                break
+            value = f"{name}-{n}"
+            n += 1
+            t = asyncio.get_running_loop().create_task(self._publish(js, name, value))
+            pending.add(t)
+            t.add_done_callback(lambda t: (pending.discard(t), slots.release()))
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _publish(self, js, process: str, value: str) -> None:
+        op = Op("publish", process, self.now(), value=value, msg_id=value)
+        try:
+            ack = await js.publish(SUBJECT, value.encode(), msg_id=value, timeout=self.cfg.publish_timeout_s)
+            op.outcome, op.seq = OK, ack.seq
+            self.acked += 1
+        except Exception as e:  # noqa: BLE001 - every failure is recorded, none is fatal
+            op.outcome, op.error = _outcome(e), f"{type(e).__name__}: {e}"[:200]
+        op.complete = self.now()
+        self.record(op)
+
+    # -- consumers --------------------------------------------------------------------------
+    async def _ack(self, process: str, msg) -> None:
+        seq = msg.metadata.sequence.stream
+        op = Op("ack", process, self.now(), consumer=msg.metadata.consumer, seq=seq)
+        try:
+            await msg.ack_sync(timeout=self.cfg.publish_timeout_s)
+            op.outcome = OK
+        except Exception as e:  # noqa: BLE001
+            op.outcome, op.error = _outcome(e), f"{type(e).__name__}: {e}"[:200]
+        op.complete = self.now()
+        self.record(op)
+
+    def _delivered(self, process: str, msg, asked: Optional[float] = None) -> None:
+        """A delivery's invoke is when it was asked for (a fetch's start) or when its
+        frame arrived (push), not when a worker got round to it: a copy that left the
+        server before an ack was confirmed is then not taken for a later delivery."""
+        t = msg.received - self.t0 if msg.received else self.now()
+        # The consumer the server says it delivered for: a worker bound to another
+        # consumer than the one it asked for would show up as a different one.
+        self.record(Op("deliver", process, t if asked is None else asked, t, OK, value=msg.data.decode(),
+                       consumer=msg.metadata.consumer,
+                       seq=msg.metadata.sequence.stream, delivered=msg.metadata.num_delivered))
+
+    async def _puller(self, name: str, until_drained: Optional[asyncio.Event] = None) -> None:
+        nc = await self._client()
+        sub = await nc.jetstream().pull_subscribe(SUBJECT, durable=PULL, stream=STREAM)
+        while not self.stop.is_set():
+            asked = self.now()
+            try:
+                msgs = await sub.fetch(20, timeout=1.0)
+            except Exception:  # noqa: BLE001 - a failed fetch delivered nothing we saw
+                await asyncio.sleep(0.2)
+                continue
+            for m in msgs:
+                self._delivered(name, m, asked)
+            await asyncio.gather(*(self._ack(name, m) for m in msgs))
+
+    async def _pusher(self, name: str) -> None:
+        nc = await self._client()
+
+        async def handle(m) -> None:
+            self._delivered(name, m)
+            await self._ack(name, m)
+
+        while not self.stop.is_set():
+            try:
+                await nc.jetstream().subscribe(SUBJECT, queue=PUSH, durable=PUSH, stream=STREAM, cb=handle,
+                                               manual_ack=True)
+                break
+            except Exception:  # noqa: BLE001 - no leader yet: try again
+                await asyncio.sleep(0.5)
+        await self.stop.wait()
+
+    # -- after healing ----------------------------------------------------------------------
+    async def drain(self, timeout_s: float) -> dict:
+        """Read both consumers to the end (acking, with redeliveries); return their
+        final info. Push workers keep running during the drain."""
+        self.stop.clear()
+        self._spawn(self._puller("pull-drain"))
+        for k in range(self.cfg.push_workers):
+            self._spawn(self._pusher(f"push-drain-{k}"))
+        js = (await self._client()).jetstream()
+        deadline = time.monotonic() + timeout_s
+        infos: dict = {}
+        timed_out = True
+        while time.monotonic() < deadline:
+            try:
+                infos = {c: await js.consumer_info(STREAM, c) for c in (PULL, PUSH)}
+            except Exception:  # noqa: BLE001
+                await asyncio.sleep(0.5)
+                continue
+            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos.values()):
+                timed_out = False
+                break
+            await asyncio.sleep(0.5)
+        await self.halt()
+        out = {}
+        for c in (PULL, PUSH):
+            i = await js.consumer_info(STREAM, c)
+            out[c] = {"num_pending": i.num_pending, "num_ack_pending": i.num_ack_pending,
+                      "ack_floor": i.ack_floor.stream_seq,
+                      # The drain ran (to the end, or until it timed out): the checker then
+                      # holds the consumer to every stored message, and reports stuck counters.
+                      "drained": True, "drain_timed_out": timed_out}
+        return out
+
+    async def read_stream(self) -> list[tuple[int, str]]:
+        """The final stream, in sequence order, through an ack-none consumer."""
+        js = (await self._client()).jetstream()
+        info = await js.add_consumer(STREAM, ConsumerConfig(durable_name="chaos-reader", ack_policy="none",
+                                                            deliver_policy="all"))
+        sub = await js.pull_subscribe(SUBJECT, durable=info.name, stream=STREAM)
+        out = []
+        while True:
+            msgs = await sub.fetch(500, timeout=1.0)
+            if not msgs:
+                if (await js.consumer_info(STREAM, info.name)).num_pending == 0:
+                    return out
+                continue
+            out.extend((m.metadata.sequence.stream, m.data.decode()) for m in msgs)
