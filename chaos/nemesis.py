@@ -46,12 +46,21 @@ class Injected:
     heal: Callable[[], Awaitable[None]]
 
 
+VARIANTS = {v for vs in FAMILIES.values() for v in vs}
+
+
 def expand(families: list[str]) -> list[str]:
+    """Fault names to variants: a family stands for all of its variants; a variant
+    (`power-cut-all`) for itself."""
     out = []
     for f in families:
-        if f not in FAMILIES:
-            raise ValueError(f"unknown fault {f!r}; known: {', '.join(FAMILIES)}")
-        out += FAMILIES[f]
+        if f in FAMILIES:
+            out += FAMILIES[f]
+        elif f in VARIANTS:
+            out.append(f)
+        else:
+            raise ValueError(f"unknown fault {f!r}; families: {', '.join(FAMILIES)}; "
+                             f"variants: {', '.join(sorted(VARIANTS))}")
     return out
 
 

@@ -36,18 +36,20 @@ _FAR_FUTURE = 1e12
 # Test-only switches (RAFTBROKER_TEST_BROKEN) that break the guarantees on purpose, so the
 # chaos suite can show it catches what they break: the leader counts every entry as
 # replicated as soon as it is in its own log; or nothing is synced before an ack.
+KEEPALIVE = "rb_keepalive"
 BROKEN_ACK_BEFORE_COMMIT = "ack-before-commit"
 BROKEN_SKIP_SYNC = "skip-sync"
 
 
 class HardenedSyncObj(SyncObj):
     def __init__(self, self_addr: str, partners: list[str], conf, journal, apply_fn, voter: bool,
-                 on_voter=None, on_members=None):
+                 on_voter=None, on_members=None, compact_bytes: int = 0):
         self._journal = journal
         self._apply_fn = apply_fn
         self.voter = voter
         self._on_voter = on_voter
         self._on_members = on_members
+        self._compact_bytes = compact_bytes     # snapshot once the journal holds this much
         self.heard_leader = False
         self.broken = os.environ.get("RAFTBROKER_TEST_BROKEN", "")
         if self.broken:
@@ -75,6 +77,11 @@ class HardenedSyncObj(SyncObj):
             for n in list(self._SyncObj__raftMatchIndex):
                 self._SyncObj__raftMatchIndex[n] = last
         self._log_role()
+        self._keepalive()
+        if self._compact_bytes and self._journal.size_bytes() > self._compact_bytes \
+                and time.monotonic() - self._last_forced > 5.0:
+            self._last_forced = time.monotonic()
+            self.forceLogCompaction()
         members = self.members()
         if members != self._known_members:
             self._known_members = members
@@ -99,12 +106,31 @@ class HardenedSyncObj(SyncObj):
             log.info("term %d: leader %s", role[0], role[1] or "unknown",
                      extra={"term": role[0], "leader": role[1], "self_leader": self._isLeader()})
 
+    _last_keepalive = 0.0
+    _last_forced = 0.0
+    _compact_bytes = 0
+
+    def _keepalive(self) -> None:
+        """pysyncobj drops a connection that has received nothing for its connection
+        timeout. While a leader lives, its followers never talk to each other, so the
+        first vote request after the leader dies closes their link and is lost, and the
+        election takes a second round. A small message each second keeps them open."""
+        now = time.monotonic()
+        if now - self._last_keepalive < 1.0:
+            return
+        self._last_keepalive = now
+        transport = self._SyncObj__transport
+        for node in list(self._SyncObj__connectedNodes):
+            transport.send(node, {"type": KEEPALIVE})
+
     def _SyncObj__onNodeConnected(self, node):
         log.info("peer connected", extra={"peer": node.id})
         super()._SyncObj__onNodeConnected(node)
 
     def _SyncObj__onNodeDisconnected(self, node):
-        log.warning("peer lost", extra={"peer": node.id})
+        # pysyncobj reports every failed reconnect attempt too; say it once.
+        if node in self._SyncObj__connectedNodes:
+            log.warning("peer lost", extra={"peer": node.id})
         super()._SyncObj__onNodeDisconnected(node)
 
     def _sync_journal(self) -> None:
@@ -148,6 +174,8 @@ class HardenedSyncObj(SyncObj):
     # -- message guards -----------------------------------------------------------------------
     def _SyncObj__onMessageReceived(self, node, message):
         mtype = message.get("type") if isinstance(message, dict) else None
+        if mtype == KEEPALIVE:
+            return
         if mtype in ("request_vote", "timeout_now") and not self.voter:
             return      # a non-voter must not help elect anyone, nor stand itself
         if mtype == "append_entries":

@@ -428,6 +428,10 @@ class RaftJournal(Journal):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def size_bytes(self) -> int:
+        """Bytes of raft.log (entries since the last compaction; kept in memory too)."""
+        return self._size
+
     def first_index(self) -> Optional[int]:
         return self._entries[0][1] if self._entries else None
 

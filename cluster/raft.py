@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from storage.commands import Command, from_wire
 from . import snapshots
 from .commit import BatchBounds, GroupCommitNode, NodeBusyError
 from .errors import CorruptStateError
-from .hardened import HardenedSyncObj
+from .hardened import BROKEN_SKIP_SYNC, HardenedSyncObj
 from .journal import RaftJournal, install_journal_factory
 from .settings import RaftSettings
 
@@ -60,6 +61,8 @@ class RaftNode(GroupCommitNode):
                  bounds: BatchBounds, store_options: StoreOptions, bootstrap: bool,
                  clock: Callable[[], int] = time.time_ns):
         super().__init__(bounds, clock)
+        if os.environ.get("RAFTBROKER_TEST_BROKEN") == BROKEN_SKIP_SYNC:
+            store_options = dataclasses.replace(store_options, sync=False)   # broken on purpose: see hardened.py
         self.ident = ident
         self.name = ident.name
         self.data_dir = data_dir
@@ -122,7 +125,8 @@ class RaftNode(GroupCommitNode):
         install_journal_factory()
         self.sync = HardenedSyncObj(ident.raft, partners, conf, self.journal, self._apply,
                                     voter=bool(self.journal.get_extra("voter", False)),
-                                    on_voter=self._on_voter, on_members=self._on_members)
+                                    on_voter=self._on_voter, on_members=self._on_members,
+                                    compact_bytes=settings.compaction_max_bytes)
         log.info("raft node started", extra={"node": ident.name, "raft": ident.raft, "members": members,
                                              "voter": self.sync.voter, "applied_index": store.applied_index})
 
@@ -392,7 +396,7 @@ class RaftNode(GroupCommitNode):
         writes were never synced) is cut to nothing. Snapshot files are always synced
         before they are renamed into place, so they stay."""
         self.journal.power_cut()
-        if not self.settings.sync:
+        if not self.store_options.sync:
             rocks = os.path.join(self.data_dir, "store", "rocks")
             for n in os.listdir(rocks):
                 if n.endswith(".log"):
