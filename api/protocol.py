@@ -6,7 +6,7 @@ an array whose first element is the frame type. See docs/protocol.md.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import msgpack

@@ -7,7 +7,7 @@ take more right now (back-pressure) when another member can.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from storage import subjects as subj

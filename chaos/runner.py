@@ -122,7 +122,6 @@ def inner(spec: dict) -> int:
 
 
 async def _inner(opts: RunOptions, spec: dict) -> int:
-    from api.client import connect  # noqa: F401 - the workload's client, imported before faults start
     from .checker import check
     from .cluster import Cluster
     from .report import timeline, write_summary

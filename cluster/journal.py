@@ -56,6 +56,8 @@ import msgpack
 import pysyncobj.syncobj
 from pysyncobj.journal import Journal
 
+from storage.kv import fsync_dir
+
 from .errors import CorruptStateError
 
 log = logging.getLogger("raftbroker.journal")
@@ -96,14 +98,6 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_zero(buf, start: int, end: int) -> bool:
@@ -379,7 +373,7 @@ class RaftJournal(Journal):
     def _compact(self, pos: int) -> None:
         for p in self.also_sync_files + self.also_sync_dirs:
             try:
-                _fsync_path(p)   # an O_RDONLY fsync flushes a file as well as a directory
+                fsync_dir(p)   # an O_RDONLY fsync flushes a file as well as a directory
             except FileNotFoundError:
                 pass            # no snapshot yet, so none to make durable
         self._replace_log(pos)

@@ -21,10 +21,10 @@ def cluster(tmp_path):
     c.stop()
 
 
-async def _publisher(js, subject: str, tag: str, acked: list, stop: asyncio.Event, n_max: int = 10**9):
+async def _publisher(js, subject: str, tag: str, acked: list, stop: asyncio.Event) -> None:
     """Publishes tag-0, tag-1, … one at a time; records (seq, payload) of each ack."""
     i = 0
-    while not stop.is_set() and i < n_max:
+    while not stop.is_set():
         payload = f"{tag}-{i}".encode()
         try:
             ack = await js.publish(subject, payload, timeout=20)
@@ -33,6 +33,30 @@ async def _publisher(js, subject: str, tag: str, acked: list, stop: asyncio.Even
             continue
         acked.append((ack.seq, payload))
         i += 1
+
+
+class Publishers:
+    """Several publishers running until halted; `acked` holds (seq, payload) of every ack."""
+
+    def __init__(self, js, n: int = 4, tag: str = "p", subject: str = "s.x", acked: list | None = None):
+        self.acked = [] if acked is None else acked
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(_publisher(js, subject, f"{tag}{k}", self.acked, self._stop))
+                       for k in range(n)]
+
+    async def until(self, n: int) -> None:
+        """Wait until n publishes are acknowledged in all."""
+        while len(self.acked) < n:
+            await asyncio.sleep(0.02)
+
+    async def more(self, n: int) -> None:
+        """Wait until n more are acknowledged."""
+        await self.until(len(self.acked) + n)
+
+    async def halt(self) -> list:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.acked
 
 
 async def _contents(js, stream: str) -> list[tuple[int, bytes]]:
@@ -90,19 +114,13 @@ async def test_leader_sigkill_during_publishes_loses_nothing(cluster):
     nc = await connect(cluster.clients())
     js = nc.jetstream()
     await js.add_stream(name="S", subjects=["s.>"], num_replicas=3)
-    stop = asyncio.Event()
-    acked: list = []
-    pubs = [asyncio.create_task(_publisher(js, "s.x", f"p{k}", acked, stop)) for k in range(4)]
-    while len(acked) < 300:
-        await asyncio.sleep(0.05)
+    pubs = Publishers(js)
+    await pubs.until(300)
     cluster.kill(li)
-    killed_at = len(acked)
     new = cluster.leader(among=[i for i in range(3) if i != li])
     assert new != li
-    while len(acked) < killed_at + 300:     # publishing resumed on the new leader
-        await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.gather(*pubs)
+    await pubs.more(300)                   # publishing resumed on the new leader
+    acked = await pubs.halt()
     stored = await _contents(js, "S")
     _check_acked(acked, stored)
     cluster.start(li)                      # the killed node catches up
@@ -150,15 +168,11 @@ async def test_sigkill_all_then_restart_keeps_every_ack(cluster):
     nc = await connect(cluster.clients())
     js = nc.jetstream()
     await js.add_stream(name="S", subjects=["s.>"], num_replicas=3)
-    stop = asyncio.Event()
-    acked: list = []
-    pubs = [asyncio.create_task(_publisher(js, "s.x", f"p{k}", acked, stop)) for k in range(4)]
-    while len(acked) < 500:
-        await asyncio.sleep(0.02)
+    pubs = Publishers(js)
+    await pubs.until(500)
     for i in range(3):
         cluster.signal(i, signal.SIGKILL)
-    stop.set()
-    await asyncio.gather(*pubs)
+    acked = await pubs.halt()
     cluster.start()
     cluster.leader()
     cluster.wait_healthy()
@@ -207,10 +221,51 @@ async def test_wrong_or_missing_secret_cannot_join(tmp_path, cluster):
         # It claims the first node's Raft address is its peer and asks to bootstrap.
         intruder.start(peers=[node.raft] + [n.raft for n in cluster.nodes])
         try:
-            time.sleep(4)
-            z = intruder.raftz(node)
-            assert z["leader"] == "" and z["role"] != "leader"
+            # Watched over several election timeouts: it never learns a leader or leads,
+            # and the cluster's leader and term never move.
+            until = time.monotonic() + 4
+            while time.monotonic() < until:
+                z = intruder.raftz(node)
+                assert z["leader"] == "" and z["role"] != "leader"
+                assert cluster.raftz(cluster.nodes[li])["term"] == term
+                time.sleep(0.2)
             assert cluster.leader() == li
-            assert cluster.raftz(cluster.nodes[li])["term"] == term
         finally:
             intruder.stop()
+
+
+async def test_unconfirmed_ack_sync_raises(cluster):
+    li = cluster.leader()
+    nc = await connect(cluster.clients())
+    js = nc.jetstream()
+    await js.add_stream(name="A", subjects=["a.>"], num_replicas=3)
+    await js.publish("a.x", b"1")
+    await js.add_consumer("A", ConsumerConfig(durable_name="c", ack_policy="explicit"))
+    (m,) = await (await js.pull_subscribe("a.x", durable="c", stream="A")).fetch(1, timeout=5)
+    cluster.signal(li, signal.SIGSTOP)        # the ack cannot be committed anywhere in time
+    try:
+        with pytest.raises(Exception) as e:
+            await m.ack_sync(timeout=2)
+        assert not isinstance(e.value, AssertionError)
+    finally:
+        cluster.signal(li, signal.SIGCONT)
+    await nc.close()
+
+
+def test_cluster_cli_status_and_step_down(cluster):
+    import subprocess
+    import sys
+    li = cluster.leader()
+    servers = ",".join(cluster.clients())
+    out = subprocess.run([sys.executable, "-m", "api.cli", "cluster", "status", "--server", servers],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert f"leader: {cluster.nodes[li].name}" in out
+    for n in cluster.nodes:
+        assert n.name in out and n.raft in out
+    r = subprocess.run([sys.executable, "-m", "api.cli", "cluster", "step-down", "--server", servers],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 15
+    while cluster.leader() == li and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.leader() != li

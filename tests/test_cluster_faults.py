@@ -12,23 +12,18 @@ import pytest
 
 from api.client import connect
 from cluster_util import Cluster
-from test_cluster import _check_acked, _contents, _publisher
+from test_cluster import Publishers, _check_acked, _contents
 
 pytestmark = pytest.mark.slow
 
 SNAPSHOT_OFTEN = ("--snapshot-entries", "20")
 
 
-async def _publish_for(js, n: int, tag: str = "p", publishers: int = 4) -> list:
+async def _publish_for(js, n: int, tag: str = "p") -> list:
     """Publish until at least n are acknowledged; returns (seq, payload) of every ack."""
-    stop = asyncio.Event()
-    acked: list = []
-    tasks = [asyncio.create_task(_publisher(js, "s.x", f"{tag}{k}", acked, stop)) for k in range(publishers)]
-    while len(acked) < n:
-        await asyncio.sleep(0.02)
-    stop.set()
-    await asyncio.gather(*tasks)
-    return acked
+    pubs = Publishers(js, tag=tag)
+    await pubs.until(n)
+    return await pubs.halt()
 
 
 def _flip(path: str, offset: int) -> None:
@@ -47,17 +42,13 @@ async def _power_cut_run(tmp_path, extra: tuple) -> tuple[list, list]:
         nc = await connect(c.clients())
         js = nc.jetstream()
         await js.add_stream(name="S", subjects=["s.x"], num_replicas=3)
-        stop = asyncio.Event()
-        acked: list = []
-        pubs = [asyncio.create_task(_publisher(js, "s.x", f"p{k}", acked, stop)) for k in range(4)]
-        while len(acked) < 400:
-            await asyncio.sleep(0.02)
+        pubs = Publishers(js)
+        await pubs.until(400)
         for i in range(3):
             c.signal(i, signal.SIGUSR1)       # all three lose power at once
         for i in range(3):
             assert c.wait_exit(i) == 137
-        stop.set()
-        await asyncio.gather(*pubs)
+        acked = await pubs.halt()
         await nc.close()
         c.start(wait=False)
         try:
@@ -98,14 +89,10 @@ async def test_paused_leader_steps_down_and_serves_nothing_stale(tmp_path):
         only_old = await connect([c.nodes[old].client], max_reconnect_attempts=3)
         acked = await _publish_for(js, 100, "a")
         c.signal(old, signal.SIGSTOP)
-        stop = asyncio.Event()
-        pubs = [asyncio.create_task(_publisher(js, "s.x", f"b{k}", acked, stop)) for k in range(3)]
+        pubs = Publishers(js, n=3, tag="b", acked=acked)
         new = c.leader(among=[i for i in range(3) if i != old])
-        n0 = len(acked)
-        while len(acked) < n0 + 200:
-            await asyncio.sleep(0.02)
-        stop.set()
-        await asyncio.gather(*pubs)
+        await pubs.more(200)
+        await pubs.halt()
         newest = max(seq for seq, _ in acked)
         c.signal(old, signal.SIGCONT)
         # Right after it wakes, the old leader may still think it leads: a read sent to
@@ -149,11 +136,13 @@ async def test_amnesia_wiped_node_cannot_elect_a_stale_leader(tmp_path):
         c.start(cc)                                  # wiped; asks for bootstrap, as `up` does
         c.kill(a)
         c.signal(b, signal.SIGCONT)
-        await asyncio.sleep(6)                       # several election timeouts
-        for i in (b, cc):
-            z = c.raftz(c.nodes[i])
-            assert z["role"] != "leader", f"{c.nodes[i].name} was elected without the acknowledged entries"
-        assert c.raftz(c.nodes[cc])["voter"] is False
+        until = time.monotonic() + 6                 # watched over several election timeouts
+        while time.monotonic() < until:
+            for i in (b, cc):
+                z = c.raftz(c.nodes[i])
+                assert z["role"] != "leader", f"{c.nodes[i].name} was elected without the acknowledged entries"
+            assert c.raftz(c.nodes[cc])["voter"] is False
+            await asyncio.sleep(0.2)
         c.start(a)
         c.leader(timeout_s=30)
         c.wait_healthy()
@@ -171,7 +160,8 @@ def _journal(node) -> str:
     return os.path.join(node.data, "raft", "raft.log")
 
 
-@pytest.mark.parametrize("target", ["journal-term", "journal-command", "meta", "snapshot", "rocksdb"])
+@pytest.mark.parametrize("target", ["journal-term", "journal-command", "meta", "snapshot", "rocksdb",
+                                    "raft-state-lost"])
 async def test_corrupted_follower_refuses_to_start_and_rejoins_after_wipe(tmp_path, target):
     c = Cluster(str(tmp_path / "c"), extra=SNAPSHOT_OFTEN if target in ("snapshot", "rocksdb") else ())
     c.start()
@@ -196,6 +186,10 @@ async def test_corrupted_follower_refuses_to_start_and_rejoins_after_wipe(tmp_pa
             snap = os.path.join(node.data, "raft", "snapshot")
             assert os.path.exists(snap)
             _flip(snap, os.path.getsize(snap) // 2)
+        elif target == "raft-state-lost":
+            # The store survives but the journal, meta and snapshot are gone: the store
+            # claims an index beyond anything that proves it.
+            shutil.rmtree(os.path.join(node.data, "raft"))
         else:
             ssts = sorted(glob.glob(os.path.join(node.data, "store", "rocks", "*.sst")), key=os.path.getsize)
             assert ssts, "no SST file: the store was never flushed"
@@ -249,16 +243,12 @@ async def test_remove_and_add_a_node_and_step_down_under_publishes(tmp_path):
         nc = await connect(c.clients())
         js = nc.jetstream()
         await js.add_stream(name="S", subjects=["s.x"], num_replicas=3)
-        stop = asyncio.Event()
-        acked: list = []
-        pubs = [asyncio.create_task(_publisher(js, "s.x", f"p{k}", acked, stop)) for k in range(3)]
+        pubs = Publishers(js, n=3)
         await nc._request("cluster.remove_peer", {"raft": c.nodes[f].raft}, timeout=15)
         c.stop(f)
         members = [m["raft"] for m in (await nc._request("cluster.status", {}))["members"]]
         assert c.nodes[f].raft not in members and len(members) == 2
-        n0 = len(acked)
-        while len(acked) < n0 + 100:
-            await asyncio.sleep(0.02)
+        await pubs.more(100)
         shutil.rmtree(c.nodes[f].data)
         await nc._request("cluster.add_peer", {"raft": c.nodes[f].raft}, timeout=15)
         c.start(f)
@@ -270,11 +260,8 @@ async def test_remove_and_add_a_node_and_step_down_under_publishes(tmp_path):
         while c.leader() == old and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert c.leader() != old
-        n1 = len(acked)
-        while len(acked) < n1 + 100:
-            await asyncio.sleep(0.02)
-        stop.set()
-        await asyncio.gather(*pubs)
+        await pubs.more(100)
+        acked = await pubs.halt()
         _check_acked(acked, await _contents(js, "S"))
         c.wait_same_digest()
         await nc.close()
