@@ -367,7 +367,11 @@ class Client:
             if fut and not fut.done():
                 fut.set_exception(err)
             elif f.id == 0:
-                log.warning("server error: %s", f.description)
+                if f.err_code == NotLeaderError.err_code:
+                    self._leader_hint = f.leader_addr    # a follower is sending us to the leader
+                    log.info("%s", f.description)
+                else:
+                    log.warning("server error: %s", f.description)
         elif isinstance(f, P.Msg):
             sub = self._subs.get(f.sid)
             if sub is None:

@@ -20,7 +20,7 @@ from storage import (
     PurgeStream, StreamConfig, Sweep, Touch, UpdateStream,
 )
 from storage.errors import (
-    BadRequestError, ConsumerNotFoundError, JSError, NoStreamForSubjectError, StreamNotFoundError,
+    BadRequestError, ConsumerNotFoundError, JSError, NoStreamForSubjectError, NotLeaderError, StreamNotFoundError,
 )
 from storage.subjects import is_valid_subject
 
@@ -76,6 +76,7 @@ class Connection:
         self.reader = reader
         self.decoder = P.Decoder(server.config.max_frame)
         self.subs: dict[int, Subscription] = {}
+        self.redirected_at = 0.0        # when a follower last sent this connection to the leader
         self.inflight = 0
         self.closed = False
         self.name: Optional[str] = None
@@ -616,7 +617,7 @@ class Server:
                     # limit by at most ~1 MiB (64 messages of up to max_payload would not be).
                     try:
                         msgs = await self._propose(NextMsgs(stream, cname, 64, 1024 * 1024))
-                    except (ConsumerNotFoundError, StreamNotFoundError):
+                    except (ConsumerNotFoundError, StreamNotFoundError, NotLeaderError):
                         raise
                     except JSError as e:
                         # A refused proposal (a busy node, say) only delays delivery.
@@ -647,8 +648,8 @@ class Server:
                                                 {"Status": "100", "Description": "Idle Heartbeat"}, b""))
                     last_sent = time.monotonic()
                 await self._wait_change(self.config.tick_s)
-        except (ConsumerNotFoundError, StreamNotFoundError):
-            return
+        except (ConsumerNotFoundError, StreamNotFoundError, NotLeaderError):
+            return      # a new leader starts its own loops (see _ticker)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -695,6 +696,8 @@ class Server:
                         await self._ensure_push_loops()
                     except JSError:
                         pass
+            if not was_leader:
+                self._send_subscribers_to_leader()
             if time.monotonic() - last_sweep >= self.config.sweep_s and self.node.is_leader:
                 last_sweep = time.monotonic()
                 try:
@@ -702,6 +705,31 @@ class Server:
                     await self.node.propose(cmds)
                 except JSError:
                     pass
+
+    def _send_subscribers_to_leader(self) -> None:
+        """Push delivery runs on the leader only, so a subscriber connected to a
+        follower (it reconnected while no leader was known, say) would wait forever.
+        Once a leader is known, tell such connections where it is and close them; the
+        client reconnects there and subscribes again. Each is told at most every 5 s,
+        in case the leader's address cannot be reached from the client."""
+        name, addr = self.node.leader
+        if not name:
+            return
+        now = time.monotonic()
+        for conn in list(self.conns):
+            if conn.subs and now - conn.redirected_at > 5.0:
+                conn.redirected_at = now
+                conn.send(P.Error(0, 500, NotLeaderError.err_code,
+                                  f"not the leader; subscriptions are served by {name} at {addr}", addr))
+                self._spawn(self._close_after_flush(conn))
+
+    @staticmethod
+    async def _close_after_flush(conn) -> None:
+        try:
+            await asyncio.wait_for(conn.out.drain(), 2.0)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+        conn.close()
 
     def _on_events(self, events) -> None:
         wake = False

@@ -166,8 +166,12 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
             problems.append(f"cluster did not recover after the faults: {e}")
         final = H.FinalState()
         if not problems:
-            final.consumers = await wl.drain(120.0)
+            final.consumers = await wl.drain(stall_s=max(60.0, 2 * WorkloadConfig().ack_wait_s))
             final.stream = await wl.read_stream()
+            # Clients gone, nothing changes the state any more (no fetches waiting, no push
+            # loops touching consumers): every node must then hold the same.
+            await wl.close()
+            wl = None
             final.digests = await _digests(c)
     except (FaultUnavailable, FaultFailed) as e:
         problems.append(f"{type(e).__name__}: {e}")

@@ -182,26 +182,29 @@ class Workload:
         await self.stop.wait()
 
     # -- after healing ----------------------------------------------------------------------
-    async def drain(self, timeout_s: float) -> dict:
+    async def drain(self, stall_s: float) -> dict:
         """Read both consumers to the end (acking, with redeliveries); return their
-        final info. Push workers keep running during the drain."""
+        final info. Gives up when nothing is left to do, or when the backlog has not
+        shrunk for `stall_s` (keep it above ack_wait: lost deliveries come back only then)."""
         self.stop.clear()
         self._spawn(self._puller("pull-drain"))
         for k in range(self.cfg.push_workers):
             self._spawn(self._pusher(f"push-drain-{k}"))
         js = (await self._client()).jetstream()
-        deadline = time.monotonic() + timeout_s
-        infos: dict = {}
+        best, best_at = None, time.monotonic()
         timed_out = True
-        while time.monotonic() < deadline:
+        while time.monotonic() - best_at < stall_s:
             try:
                 infos = {c: await js.consumer_info(STREAM, c) for c in (PULL, PUSH)}
             except Exception:  # noqa: BLE001
                 await asyncio.sleep(0.5)
                 continue
-            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos.values()):
+            left = sum(i.num_pending + i.num_ack_pending for i in infos.values())
+            if left == 0:
                 timed_out = False
                 break
+            if best is None or left < best:
+                best, best_at = left, time.monotonic()
             await asyncio.sleep(0.5)
         await self.halt()
         out = {}
