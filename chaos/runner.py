@@ -41,7 +41,7 @@ class RunOptions:
     broken: str = ""                  # test-only: RAFTBROKER_TEST_BROKEN for every node
     hold_s: tuple[float, float] = (3.0, 6.0)
     quiet_s: tuple[float, float] = (2.0, 4.0)
-    snapshot_entries: int = 200
+    snapshot_entries: int = 2000     # often enough that wiped nodes rejoin through snapshots
     recover_s: float = 90.0
 
 
