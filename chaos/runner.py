@@ -146,7 +146,8 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
     problems: list[str] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    for sig in (signal.SIGTERM, signal.SIGINT):     # Ctrl-C reaches the whole process group
+        loop.add_signal_handler(sig, stop.set)
     wl = None
     try:
         await asyncio.to_thread(c.start)
@@ -160,6 +161,8 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
         await wl.halt()
         _log("faults over: healing everything and waiting for the cluster")
         await _heal_all(c, spec)
+        if stop.is_set():
+            raise _Interrupted()
         try:
             await asyncio.to_thread(c.wait_healthy, None, opts.recover_s)
         except Exception as e:  # noqa: BLE001
@@ -176,6 +179,8 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
     except (FaultUnavailable, FaultFailed) as e:
         problems.append(f"{type(e).__name__}: {e}")
         final = H.FinalState()
+    except _Interrupted:
+        final = H.FinalState()      # "interrupted" is reported below
     finally:
         if wl is not None:
             await wl.close()
@@ -258,6 +263,10 @@ async def _digests(c) -> dict:
             except OSError as e:
                 out[n.name] = {"unreachable": str(e)}
         return out
+
+
+class _Interrupted(Exception):
+    pass
 
 
 def _NetOps(spec: dict):

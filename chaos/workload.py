@@ -167,10 +167,23 @@ class Workload:
 
     async def _pusher(self, name: str) -> None:
         nc = await self._client()
+        # Acks run alongside the callback (up to 64 at once), as a real worker pool
+        # would: one ack_sync at a time cannot keep up with the publishers.
+        slots = asyncio.Semaphore(64)
+        acks: set[asyncio.Task] = set()
+
+        async def ack(m) -> None:
+            try:
+                await self._ack(name, m)
+            finally:
+                slots.release()
 
         async def handle(m) -> None:
             self._delivered(name, m)
-            await self._ack(name, m)
+            await slots.acquire()
+            t = asyncio.get_running_loop().create_task(ack(m))
+            acks.add(t)
+            t.add_done_callback(acks.discard)
 
         while not self.stop.is_set():
             try:
@@ -180,6 +193,7 @@ class Workload:
             except Exception:  # noqa: BLE001 - no leader yet: try again
                 await asyncio.sleep(0.5)
         await self.stop.wait()
+        await asyncio.gather(*acks, return_exceptions=True)
 
     # -- after healing ----------------------------------------------------------------------
     async def drain(self, stall_s: float) -> dict:
