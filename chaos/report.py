@@ -15,7 +15,8 @@ def timeline(ops: list[Op], path: str, title: str) -> None:
 
     pubs = [o for o in ops if o.kind == "publish" and o.complete is not None]
     faults = [o for o in ops if o.kind == "fault"]
-    end = max([o.complete or o.invoke for o in ops] + [1.0])
+    # The publish phase and its faults; the drain that follows would only stretch the axis.
+    end = max([o.complete or o.invoke for o in pubs + faults] + [1.0])
     seconds = int(end) + 1
     rate = [0] * seconds
     lat: list[list[float]] = [[] for _ in range(seconds)]
