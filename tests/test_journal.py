@@ -86,7 +86,7 @@ def test_compaction_makes_the_snapshot_dir_durable_before_replacing_the_log(tmp_
     fill(j, entries(4))
     events = []
     real_replace = os.replace
-    monkeypatch.setattr(journal_mod, "_fsync_path", lambda p: events.append(("fsync", p)))
+    monkeypatch.setattr(journal_mod, "fsync_dir", lambda p: events.append(("fsync", p)))
     monkeypatch.setattr(journal_mod.os, "replace", lambda a, b: (events.append(("replace", b)), real_replace(a, b)))
     j.deleteEntriesTo(2)
     assert events[:3] == [("fsync", str(snap_file)), ("fsync", str(snap_dir)), ("replace", j.path)]
