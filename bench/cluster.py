@@ -74,7 +74,7 @@ def _load_rpc():
 from tqdm import tqdm  # noqa: E402
 
 _rpc = _load_rpc()                    # bench/rpc.py: the single-node bench's helpers
-MSG, _die_with_parent, pct = _rpc.MSG, _rpc._die_with_parent, _rpc.pct
+MSG, _die_with_parent, pct, vm_hwm_mb = _rpc.MSG, _rpc._die_with_parent, _rpc.pct, _rpc.vm_hwm_mb
 from cluster_util import Cluster, free_ports  # noqa: E402  (tests/cluster_util.py)
 
 SUBJECT = "b.x"
@@ -87,19 +87,6 @@ FLOOR_FAILOVER_S = 3.0    # raftbroker failover p50 <= 3 s
 
 
 # == small helpers =========================================================================
-def vm_hwm_mb(pid: int | None) -> float:
-    if pid is None:
-        return float("nan")
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def counter_bar(desc: str) -> tqdm:
     return tqdm(desc=desc, unit="msg", file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.25)
 

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tqdm import tqdm  # noqa: E402
 
 from api.client import connect  # noqa: E402
-from storage.config import ConsumerConfig, StreamConfig  # noqa: E402
+from storage.config import StreamConfig  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSG = b"x" * 128
@@ -61,6 +61,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def vm_hwm_mb(pid: int | None) -> float:
+    """A process's peak resident memory (VmHWM) in MiB; NaN when it cannot be read."""
+    if pid is None:
+        return float("nan")
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 class ServerChild:
@@ -97,14 +111,7 @@ class ServerChild:
             del self.output[:-200]
 
     def peak_rss_mb(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
+        return vm_hwm_mb(self.proc.pid)
 
     def stop(self) -> None:
         try:
