@@ -165,7 +165,9 @@ class Cluster:
                     z = self.raftz(node)
                 except OSError:
                     continue
-                if z.get("role") == "leader" and self.healthz(node)[0] == 200:
+                # Healthy, and named: its announcement (name and client address) is applied,
+                # so clients and status pages can name it.
+                if z.get("role") == "leader" and z.get("leader") == node.name and self.healthz(node)[0] == 200:
                     return i
             time.sleep(0.1)
         raise TimeoutError("no leader elected within %ss" % timeout_s)
