@@ -156,7 +156,7 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
         wl = Workload([n.client for n in c.nodes], WorkloadConfig(), t0, ops.append)
         await wl.setup()
         await wl.start()
-        nem = Nemesis(c, _NetOps(spec), rng, clock_files, _log)
+        nem = Nemesis(c, _network(spec), rng, clock_files, _log)
         await _fault_loop(opts, rng, nem, c, now, ops, problems, stop)
         await wl.halt()
         _log("faults over: healing everything and waiting for the cluster")
@@ -243,7 +243,7 @@ async def _fault_loop(opts, rng, nem, c, now, ops, problems, stop) -> None:
 
 
 async def _heal_all(c, spec) -> None:
-    await asyncio.to_thread(_NetOps(spec).heal)
+    await asyncio.to_thread(_network(spec).heal)
     for i, node in enumerate(c.nodes):
         if node.alive:
             c.signal(i, signal.SIGCONT)
@@ -269,7 +269,7 @@ class _Interrupted(Exception):
     pass
 
 
-def _NetOps(spec: dict):
+def _network(spec: dict):
     """The outer process's network, to apply faults from inside the clients'
     namespace (iptables runs in each node's namespace through `ip netns exec`)."""
     from .net import Network

@@ -26,6 +26,7 @@ import collections
 import logging
 import os
 import time
+from typing import Optional
 
 from pysyncobj import FAIL_REASON, SyncObj, replicated
 
@@ -55,8 +56,14 @@ class HardenedSyncObj(SyncObj):
         if self.broken:
             log.critical("TEST BUILD, DELIBERATELY BROKEN: %s", self.broken)
         self._tick_calls: collections.deque = collections.deque()
+        # Tick-thread state. All of it is set before SyncObj.__init__, which starts the
+        # tick thread: a first tick must not find an attribute missing.
+        self._known_members: Optional[list[str]] = None   # None: not seen yet (the first tick records it)
+        self._last_role = (0, None)
+        self._last_keepalive = 0.0
+        self._last_forced = 0.0
+        self._hold_until = 0.0
         super().__init__(self_addr, partners, conf)
-        self._known_members = self.members()
 
     def call_in_tick(self, fn) -> None:
         """Run fn() in the tick thread, which owns all Raft state."""
@@ -84,8 +91,8 @@ class HardenedSyncObj(SyncObj):
             self.forceLogCompaction()
         members = self.members()
         if members != self._known_members:
-            self._known_members = members
-            if self._on_members:
+            first, self._known_members = self._known_members is None, members
+            if not first and self._on_members:
                 self._on_members(members)
         if not self.voter:
             self._SyncObj__raftElectionDeadline = time.monotonic() + _FAR_FUTURE
@@ -96,8 +103,6 @@ class HardenedSyncObj(SyncObj):
         self._sync_journal()
         super()._SyncObj__sendNextNodeIdx(node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
-    _last_role = (0, None)
-
     def _log_role(self) -> None:
         leader = self._getLeader()
         role = (self.raftCurrentTerm, leader.id if leader is not None else None)
@@ -105,10 +110,6 @@ class HardenedSyncObj(SyncObj):
             self._last_role = role
             log.info("term %d: leader %s", role[0], role[1] or "unknown",
                      extra={"term": role[0], "leader": role[1], "self_leader": self._isLeader()})
-
-    _last_keepalive = 0.0
-    _last_forced = 0.0
-    _compact_bytes = 0
 
     def _keepalive(self) -> None:
         """pysyncobj drops a connection that has received nothing for its connection
@@ -159,8 +160,6 @@ class HardenedSyncObj(SyncObj):
         if time.monotonic() < self._hold_until:
             return
         super()._checkCommandsToApply()
-
-    _hold_until = 0.0
 
     def make_voter(self, why: str) -> None:
         if self.voter:

@@ -75,6 +75,7 @@ class RaftNode(GroupCommitNode):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._tasks: list[asyncio.Task] = []
         self.last_snapshot: Optional[dict] = None
+        self.snapshots_installed = 0            # snapshots received from a leader and installed
         self.bootstrap_state = "not requested"
 
         raft_dir = os.path.join(data_dir, "raft")
@@ -179,8 +180,6 @@ class RaftNode(GroupCommitNode):
         except Exception:
             _fatal("cannot load snapshot %s; move the data directory aside and restart the node empty "
                    "so it rejoins from the leader", path)
-
-    snapshots_installed = 0
 
     # == voter and membership bookkeeping (tick thread) ====================================
     def _on_voter(self) -> None:
