@@ -150,10 +150,13 @@ def up(args) -> int:
     http = [f"127.0.0.1:{args.http_port + i}" for i in range(n)]
     raft = [f"127.0.0.1:{args.raft_port + i}" for i in range(n)]
 
-    def on_sigterm(*_):
+    def on_signal(*_):
         raise KeyboardInterrupt     # `kill` stops the children too, as Ctrl-C does
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # SIGINT explicitly as well: a shell starts `raftbroker up &` with SIGINT ignored,
+    # and Python then never turns it into KeyboardInterrupt.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     procs = []
     failed = False
     try:
