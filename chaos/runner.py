@@ -144,6 +144,7 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
         node.env["RAFTBROKER_TEST_CLOCK_OFFSET_FILE"] = clock_files[node.name]
     rng = random.Random(opts.seed)
     problems: list[str] = []
+    final_read = False
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):     # Ctrl-C reaches the whole process group
@@ -163,12 +164,17 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
         await _heal_all(c, spec)
         if stop.is_set():
             raise _Interrupted()
+        readable = True
         try:
             await asyncio.to_thread(c.wait_healthy, None, opts.recover_s)
         except Exception as e:  # noqa: BLE001
             problems.append(f"cluster did not recover after the faults: {e}")
+            # A node that never came back is a failure of its own; the history can still
+            # be checked against what a working majority holds (the lagging node's digest
+            # then shows as divergent).
+            readable = await asyncio.to_thread(_has_leader, c)
         final = H.FinalState()
-        if not problems:
+        if readable:
             final.consumers = await wl.drain(stall_s=max(60.0, 2 * WorkloadConfig().ack_wait_s))
             final.stream = await wl.read_stream()
             # Clients gone, nothing changes the state any more (no fetches waiting, no push
@@ -176,6 +182,7 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
             await wl.close()
             wl = None
             final.digests = await _digests(c)
+            final_read = True
     except (FaultUnavailable, FaultFailed) as e:
         problems.append(f"{type(e).__name__}: {e}")
         final = H.FinalState()
@@ -196,8 +203,12 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
     # was confirmed may arrive a moment after it.
     verdict = check(ops, final, deliver_slack_s=1.0)
     text = verdict.summary()
-    if problems:
-        text = "FAIL\n" + "\n".join(f"run problem: {p}" for p in problems) + "\n" + text.split("\n", 1)[-1]
+    if problems or not final_read:
+        first, _, rest = text.partition("\n")
+        counts = first[len("FAIL"):] if final_read and not verdict.ok else ""
+        problems = problems or ["the final state was not read"]
+        text = (f"FAIL{counts} run-problems={len(problems)}\n" + "\n".join(f"run problem: {p}" for p in problems)
+                + "\n" + (rest if final_read else "the final state was not read, so nothing is counted as lost"))
     header = [f"nodes {opts.nodes}, duration {opts.duration:.0f}s, seed {opts.seed}, faults {','.join(opts.faults)}"
               + (f", DELIBERATELY BROKEN BUILD: {opts.broken}" if opts.broken else ""),
               f"operations {len(ops)}, acknowledged publishes {sum(1 for o in ops if o.kind == 'publish' and o.outcome == H.OK)}, "
@@ -267,6 +278,14 @@ async def _digests(c) -> dict:
 
 class _Interrupted(Exception):
     pass
+
+
+def _has_leader(c) -> bool:
+    try:
+        c.leader(30.0)
+        return True
+    except TimeoutError:
+        return False
 
 
 def _network(spec: dict):
