@@ -172,6 +172,21 @@ class Cluster:
             time.sleep(0.1)
         raise TimeoutError("no leader elected within %ss" % timeout_s)
 
+    def wait_named(self, timeout_s: float = 30.0) -> int:
+        """Index of the leader, once its status names every member (each node's announcement
+        is its own Raft entry, applied some time after the election)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            li = self.leader(timeout_s=max(0.1, deadline - time.monotonic()))
+            try:
+                members = self.raftz(self.nodes[li])["members"]
+            except OSError:
+                continue
+            if all(m["name"] != m["raft"] for m in members):
+                return li
+            time.sleep(0.1)
+        raise TimeoutError(f"the leader did not name every member within {timeout_s}s")
+
     def wait_healthy(self, indices: Optional[list[int]] = None, timeout_s: float = 60.0) -> None:
         indices = indices if indices is not None else range(len(self.nodes))
         deadline = time.monotonic() + timeout_s

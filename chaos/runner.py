@@ -175,14 +175,17 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
             readable = await asyncio.to_thread(_has_leader, c)
         final = H.FinalState()
         if readable:
-            final.consumers = await wl.drain(stall_s=max(60.0, 2 * WorkloadConfig().ack_wait_s))
-            final.stream = await wl.read_stream()
-            # Clients gone, nothing changes the state any more (no fetches waiting, no push
-            # loops touching consumers): every node must then hold the same.
-            await wl.close()
-            wl = None
-            final.digests = await _digests(c)
-            final_read = True
+            try:
+                final.consumers = await wl.drain(stall_s=max(60.0, 2 * WorkloadConfig().ack_wait_s))
+                final.stream = await wl.read_stream()
+                # Clients gone, nothing changes the state any more (no fetches waiting, no push
+                # loops touching consumers): every node must then hold the same.
+                await wl.close()
+                wl = None
+                final.digests = await _digests(c)
+                final_read = True
+            except Exception as e:  # noqa: BLE001 - reported as the run's failure, with the logs
+                problems.append(f"the final state could not be read: {type(e).__name__}: {e}")
     except (FaultUnavailable, FaultFailed) as e:
         problems.append(f"{type(e).__name__}: {e}")
         final = H.FinalState()

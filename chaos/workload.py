@@ -33,6 +33,9 @@ class WorkloadConfig:
     # Well above any queueing delay in the workers: a redelivery then means a
     # delivery was really lost (a worker's connection dropped, say), not a slow worker.
     ack_wait_s: float = 30.0
+    # After healing, how long the final reads ride out a cluster without a leader
+    # (a broken build can leave one that keeps re-electing) before the run gives up.
+    final_read_patience_s: float = 60.0
 
 
 def _outcome(e: BaseException) -> str:
@@ -204,7 +207,7 @@ class Workload:
         self._spawn(self._puller("pull-drain"))
         for k in range(self.cfg.push_workers):
             self._spawn(self._pusher(f"push-drain-{k}"))
-        js = (await self._client()).jetstream()
+        js = (await self._client()).jetstream(timeout=self.cfg.final_read_patience_s)
         best, best_at = None, time.monotonic()
         timed_out = True
         while time.monotonic() - best_at < stall_s:
@@ -232,12 +235,32 @@ class Workload:
         return out
 
     async def read_stream(self) -> list[tuple[int, str]]:
-        """The final stream, in sequence order, through an ack-none consumer."""
-        js = (await self._client()).jetstream()
-        info = await js.add_consumer(STREAM, ConsumerConfig(durable_name="chaos-reader", ack_policy="none",
-                                                            deliver_policy="all"))
+        """The final stream, in sequence order, through an ack-none consumer. After an
+        error a fresh consumer resumes after the last message read: a fetch whose reply
+        was lost has already moved an ack-none consumer past what it carried."""
+        patience = self.cfg.final_read_patience_s
+        js = (await self._client()).jetstream(timeout=patience)
+        out: list[tuple[int, str]] = []
+        give_up = time.monotonic() + patience
+        attempt = 0
+        while True:
+            attempt += 1
+            had = len(out)
+            try:
+                return await self._read_from(js, f"chaos-reader-{attempt}", out)
+            except Exception:  # noqa: BLE001 - no leader for a while: resume, unless stuck
+                if len(out) > had:
+                    give_up = time.monotonic() + patience
+                elif time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _read_from(self, js, name: str, out: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        start = out[-1][0] + 1 if out else 1
+        info = await js.add_consumer(STREAM, ConsumerConfig(durable_name=name, ack_policy="none",
+                                                            deliver_policy="by_start_sequence",
+                                                            opt_start_seq=start))
         sub = await js.pull_subscribe(SUBJECT, durable=info.name, stream=STREAM)
-        out = []
         while True:
             msgs = await sub.fetch(500, timeout=1.0)
             if not msgs:

@@ -255,7 +255,7 @@ async def test_unconfirmed_ack_sync_raises(cluster):
 def test_cluster_cli_status_and_step_down(cluster):
     import subprocess
     import sys
-    li = cluster.leader()
+    li = cluster.wait_named()
     servers = ",".join(cluster.clients())
     out = subprocess.run([sys.executable, "-m", "api.cli", "cluster", "status", "--server", servers],
                          capture_output=True, text=True, timeout=60).stdout
