@@ -26,6 +26,7 @@ from storage.errors import (  # noqa: F401 - re-exported for users
 )
 from storage.results import ConsumerInfo, PubAck, PurgeResponse, StreamInfo
 from . import protocol as P
+from .coalesce import PublishCoalescer
 from .wire import FrameWriter
 
 log = logging.getLogger("raftbroker.client")
@@ -213,6 +214,7 @@ class Client:
         self.reconnect_time_wait = reconnect_time_wait
         self.max_pending_msgs = max_pending_msgs
         self._ids = itertools.count(1)
+        self._publisher = PublishCoalescer(self)
         self._sids = itertools.count(1)
         # Made-up Nats-Msg-Ids: a random per-client prefix plus a counter is as unique
         # as a uuid4 per message, without an os.urandom call on every publish.
@@ -652,21 +654,29 @@ class JetStreamContext:
                 h[k] = str(v)
         return {"subject": subject, "data": payload, "headers": h}
 
+    def _start_publish(self, subject: str, payload: bytes = b"", timeout: float | None = None,
+                       stream: str | None = None, headers: dict | None = None, msg_id: str | None = None,
+                       expected_last_seq: int | None = None, expected_last_subject_seq: int | None = None,
+                       expected_last_msg_id: str | None = None) -> asyncio.Future:
+        body = self._pub_body(subject, payload, headers, msg_id, stream, {
+            "Nats-Expected-Last-Sequence": expected_last_seq,
+            "Nats-Expected-Last-Subject-Sequence": expected_last_subject_seq,
+            "Nats-Expected-Last-Msg-Id": expected_last_msg_id})
+        return self._nc._publisher.submit(body, timeout or self.timeout)
+
     async def publish(self, subject: str, payload: bytes = b"", timeout: float | None = None,
                       stream: str | None = None, headers: dict | None = None, msg_id: str | None = None,
                       expected_last_seq: int | None = None, expected_last_subject_seq: int | None = None,
                       expected_last_msg_id: str | None = None) -> PubAck:
         """Publish and wait for the PubAck. A msg_id is always sent (one is made up when
-        none is given), so a retry after a lost connection is stored at most once."""
-        body = self._pub_body(subject, payload, headers, msg_id, stream, {
-            "Nats-Expected-Last-Sequence": expected_last_seq,
-            "Nats-Expected-Last-Subject-Sequence": expected_last_subject_seq,
-            "Nats-Expected-Last-Msg-Id": expected_last_msg_id})
-        return PubAck.from_dict(await self._api("pub", body, timeout, idempotent=True))
+        none is given), so a retry after a lost connection is stored at most once.
+        Publishes started together travel in one request (see coalesce.py)."""
+        return await self._start_publish(subject, payload, timeout, stream, headers, msg_id, expected_last_seq,
+                                         expected_last_subject_seq, expected_last_msg_id)
 
     async def publish_async(self, subject: str, payload: bytes = b"", **kw) -> asyncio.Future:
         """Start a publish; returns a future of its PubAck (await it, or gather many)."""
-        return asyncio.get_running_loop().create_task(self.publish(subject, payload, **kw))
+        return self._start_publish(subject, payload, **kw)
 
     async def publish_batch(self, msgs: list[tuple[str, bytes]], timeout: float | None = None) -> list:
         body = {"msgs": [self._pub_body(s, d, None, None, None, {}) for s, d in msgs]}

@@ -54,6 +54,7 @@ class Info:
     auth_required: bool = False
     leader: Optional[str] = None          # "name@host:port" of the current leader, if known
     leader_addr: Optional[str] = None     # its client address
+    max_pub_batch: int = 1000             # messages in one pub.batch request
 
 
 @dataclass

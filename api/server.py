@@ -163,7 +163,7 @@ class Server:
         c = self.config
         return P.Info(server_id=c.server_id, max_frame=c.max_frame, max_payload=c.max_payload,
                       max_inflight=c.max_inflight, max_subs=c.max_subs, auth_required=c.auth_required,
-                      leader=name, leader_addr=addr)
+                      leader=name, leader_addr=addr, max_pub_batch=c.max_pub_batch)
 
     # == connections =====================================================================
     async def _handle(self, reader, writer) -> None:

@@ -33,7 +33,7 @@ class BatchBounds:
     max_inflight: int = 1                  # entries committing at once (pipelining depth)
 
 
-def _weight(cmd: Optional[Command]) -> int:
+def _weight(cmd: Command) -> int:
     return len(cmd.data) + len(cmd.subject) + 64 if isinstance(cmd, Publish) else 64
 
 
@@ -43,8 +43,10 @@ class GroupCommitNode:
     def __init__(self, bounds: BatchBounds | None = None, clock: Callable[[], int] = time.time_ns):
         self.bounds = bounds or BatchBounds()
         self.clock = clock
-        # (command, future); command None is a read barrier: it only waits for an entry.
-        self._queue: list[tuple[Optional[Command], asyncio.Future]] = []
+        # (commands, their weight, future, one): the future gets the list of their results,
+        # or with `one` the only result. No commands is a read barrier: it waits for an entry.
+        self._queue: list[tuple[list[Command], int, asyncio.Future, bool]] = []
+        self._queued = 0                        # commands in the queue
         self._wake = asyncio.Event()
         self._listeners: list[Callable] = []
         self._task: Optional[asyncio.Task] = None
@@ -59,28 +61,47 @@ class GroupCommitNode:
     def _check_open(self, n: int) -> None:
         if self._closed:
             raise NodeBusyError("node is shutting down")
-        if len(self._queue) + n > self.bounds.max_queued:
+        if self._queued + n > self.bounds.max_queued:
             raise NodeBusyError()
 
-    def _enqueue(self, command: Optional[Command]) -> asyncio.Future:
+    def _enqueue(self, commands: list[Command], weight: int, one: bool = False) -> asyncio.Future:
         f = asyncio.get_running_loop().create_future()
-        self._queue.append((command, f))
+        self._queue.append((commands, weight, f, one))
+        self._queued += len(commands)
         self._wake.set()
         return f
 
+    def _groups(self, commands: list[Command]):
+        """(run, its weight): commands in runs that each fit in one entry."""
+        group: list[Command] = []
+        size = 0
+        for c in commands:
+            w = _weight(c)
+            if group and (len(group) >= self.bounds.max_commands or size + w > self.bounds.max_bytes):
+                yield group, size
+                group, size = [], 0
+            group.append(c)
+            size += w
+        if group:
+            yield group, size
+
     async def propose(self, commands: list[Command]) -> list:
         """Apply commands (possibly sharing an entry with others); results in order.
-        A command's JSError is its result, not raised."""
+        A command's JSError is its result, not raised. One future per entry-sized
+        run of commands, not one per command."""
         self._check_open(len(commands))
-        futs = [self._enqueue(c) for c in commands]
-        return list(await asyncio.gather(*futs))
+        futs = [self._enqueue(g, w) for g, w in self._groups(commands)]
+        out: list = []
+        for results in await asyncio.gather(*futs):
+            out.extend(results)
+        return out
 
     def propose_future(self, command: Command) -> asyncio.Future:
         """Queue one command now; a future of its result (a JSError result is the
         future's value, not raised). Lets the server serve a publish or an ack
         with a callback instead of a task per request."""
         self._check_open(1)
-        return self._enqueue(command)
+        return self._enqueue([command], _weight(command), one=True)
 
     async def propose_one(self, command: Command):
         r = await self.propose_future(command)
@@ -92,7 +113,7 @@ class GroupCommitNode:
         """Return once an entry proposed after this call is applied: everything
         acknowledged before the call is then visible. Waiting reads share entries."""
         self._check_open(1)
-        await self._enqueue(None)
+        await self._enqueue([], 0)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -108,15 +129,17 @@ class GroupCommitNode:
             for _ in range(self.bounds.max_inflight):
                 await self._inflight.acquire()
 
-    def _take_batch(self) -> list[tuple[Optional[Command], asyncio.Future]]:
-        n, size = 0, 0
-        for cmd, _ in self._queue:
-            w = _weight(cmd)
-            if n and (n >= self.bounds.max_commands or size + w > self.bounds.max_bytes):
+    def _take_batch(self) -> list[tuple[list[Command], int, asyncio.Future, bool]]:
+        """Queued proposals, whole, up to the entry's bounds (at least one)."""
+        n, count, size = 0, 0, 0
+        for cmds, w, _, _ in self._queue:
+            if n and (count + len(cmds) > self.bounds.max_commands or size + w > self.bounds.max_bytes):
                 break
             n += 1
+            count += len(cmds)
             size += w
         batch, self._queue = self._queue[:n], self._queue[n:]
+        self._queued -= count
         return batch
 
     async def _commit_loop(self) -> None:
@@ -136,21 +159,22 @@ class GroupCommitNode:
 
     async def _commit_batch(self, batch) -> None:
         try:
-            commands = [c for c, _ in batch if c is not None]
+            commands = [c for cmds, _, _, _ in batch for c in cmds]
             try:
                 results, events = await self._commit(self.clock(), commands)
             except Exception as e:  # the entry failed as a whole (no leader, I/O, timeout)
                 if not isinstance(e, JSError):
                     log.exception("committing an entry failed")
-                for _, f in batch:
+                for _, _, f, _ in batch:
                     if not f.done():
                         f.set_exception(e)
                 return
-            it = iter(results)
-            for c, f in batch:
-                r = next(it) if c is not None else None
+            at = 0
+            for cmds, _, f, one in batch:
+                n = len(cmds)
                 if not f.done():
-                    f.set_result(r)
+                    f.set_result(results[at] if one else results[at:at + n])
+                at += n
             if events:
                 self._emit(events)
         finally:

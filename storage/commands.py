@@ -21,10 +21,20 @@ class Command:
 
     def to_wire(self) -> list:
         d = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            d[f.name] = v.to_dict() if hasattr(v, "to_dict") else v
+        for name in _field_names(type(self)):
+            v = getattr(self, name)
+            d[name] = v.to_dict() if hasattr(v, "to_dict") else v
         return [self.op, d]
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 @dataclass
@@ -63,6 +73,9 @@ class Publish(Command):
     subject: str = ""
     data: bytes = b""
     headers: Optional[dict] = None
+
+    def to_wire(self) -> list:     # most commands are publishes: no field walk
+        return ["pub", {"subject": self.subject, "data": self.data, "headers": self.headers}]
 
 
 @dataclass
@@ -148,6 +161,8 @@ COMMANDS: dict[str, type[Command]] = {c.op: c for c in [
 
 def from_wire(item: list) -> Command:
     op, d = item
+    if op == "pub":
+        return Publish(d["subject"], d["data"], d.get("headers"))
     cls = COMMANDS[op]
     if cls in (AddStream, UpdateStream):
         d = dict(d, config=StreamConfig.from_dict(d.get("config")))

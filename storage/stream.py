@@ -22,7 +22,11 @@ def header_len(headers: Optional[dict]) -> int:
     """Length of the headers in NATS wire form ("NATS/1.0\\r\\nK: V\\r\\n...\\r\\n")."""
     if not headers:
         return 0
-    return 12 + sum(len(k.encode()) + len(str(v).encode()) + 4 for k, v in headers.items())
+    n = 12
+    for k, v in headers.items():
+        v = str(v)
+        n += (len(k) if k.isascii() else len(k.encode())) + (len(v) if v.isascii() else len(v.encode())) + 4
+    return n
 
 
 def msg_size(subject: str, headers: Optional[dict], data: bytes) -> int:
