@@ -65,9 +65,11 @@ def expand(families: list[str]) -> list[str]:
 
 
 class Nemesis:
-    def __init__(self, cluster, net, rng: random.Random, clock_files: dict[str, str], log: Callable[[str], None]):
+    def __init__(self, cluster, net, rng: random.Random, clock_files: dict[str, str], log: Callable[[str], None],
+                 delay=None):
         self.c = cluster
         self.net = net
+        self.delay = delay          # DelayLinks, when the run asked for `delay`
         self.rng = rng
         self.clock_files = clock_files
         self.log = log
@@ -183,9 +185,22 @@ class Nemesis:
         if fault == "corrupt":
             return await self._corrupt(fault)
         if fault == "delay":
-            raise FaultUnavailable("delay needs a delaying proxy on the Raft links, which this suite does not "
-                                   "have yet (tc netem is missing on this kernel)")
+            return await self._delay(fault)
         raise ValueError(fault)
+
+    async def _delay(self, name: str) -> Injected:
+        if self.delay is None:
+            raise FaultUnavailable("delay needs the run's delay proxies, started only when `delay` is asked for")
+        target = await self.leader() if self.rng.random() < 0.5 else self.rng.randrange(self.n)
+        ms = self.rng.randrange(50, 500)
+        try:
+            await self._io(self.delay.set, self._names([target]), ms)
+        except RuntimeError as e:
+            raise FaultUnavailable(str(e)) from e
+
+        async def heal():
+            await self._io(self.delay.clear)
+        return Injected(name, [f"{self.c.nodes[target].name} +{ms}ms"], heal)
 
     async def _follower(self) -> int:
         li = await self.leader()

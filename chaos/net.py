@@ -546,6 +546,17 @@ class Network:
         self._loss_desc = (f"loss {probability:g} on {','.join(sorted(lossy))}"
                            if probability > 0 else "")
 
+    def redirect(self, port: int, to_port: int, unless_mark: int) -> None:
+        """In every node namespace, new connections to `port` on the subnet go to
+        127.0.0.1:`to_port` there instead (the delay proxy), except connections
+        whose socket carries `unless_mark` (the proxy's own). Not a fault: `heal`
+        leaves it, and it goes with the namespaces."""
+        rule = (f"-A OUTPUT -p tcp -d {self.subnet}.0/24 --dport {port} -m mark ! --mark {unless_mark:#x} "
+                f"-j REDIRECT --to-ports {to_port}")
+        for n in self.nodes:
+            _run(self.exec_prefix(n) + ["iptables-restore", "--noflush", "-w", "5"],
+                 input=f"*nat\n{rule}\nCOMMIT\n")
+
     def heal(self) -> None:
         """Flush every fault: partitions and loss."""
         for n in self.nodes:

@@ -22,12 +22,13 @@ import time
 from dataclasses import dataclass, field
 
 from . import history as H
+from .delay import DelayLinks
 from .nemesis import FaultFailed, FaultUnavailable, Nemesis, expand
 
 PROFILES = {
     "ci": dict(nodes=3, duration=100.0, faults=["kill", "pause", "partition", "power-cut"]),
     "long": dict(nodes=3, duration=660.0, faults=["kill", "pause", "partition", "loss", "power-cut", "wipe",
-                                                   "membership", "clock", "corrupt"]),
+                                                   "membership", "clock", "corrupt", "delay"]),
 }
 
 
@@ -150,14 +151,20 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):     # Ctrl-C reaches the whole process group
         loop.add_signal_handler(sig, stop.set)
     wl = None
+    delay = DelayLinks(_network(spec), c, work) if "delay" in expand(opts.faults) else None
     try:
+        if delay is not None:
+            try:
+                await asyncio.to_thread(delay.start)
+            except RuntimeError as e:       # NetError too
+                raise FaultUnavailable(f"delay proxies: {e}") from e
         await asyncio.to_thread(c.start)
         await asyncio.to_thread(c.leader, 60.0)
         _log(f"cluster of {opts.nodes} up; workload starts; faults: {', '.join(opts.faults)}; seed {opts.seed}")
         wl = Workload([n.client for n in c.nodes], WorkloadConfig(), t0, ops.append)
         await wl.setup()
         await wl.start()
-        nem = Nemesis(c, _network(spec), rng, clock_files, _log)
+        nem = Nemesis(c, _network(spec), rng, clock_files, _log, delay)
         await _fault_loop(opts, rng, nem, c, now, ops, problems, stop)
         await wl.halt()
         _log("faults over: healing everything and waiting for the cluster")
@@ -195,6 +202,8 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
         if wl is not None:
             await wl.close()
         await asyncio.to_thread(c.stop)
+        if delay is not None:
+            await asyncio.to_thread(delay.stop)
     os.makedirs(os.path.join(opts.out, "nodes"), exist_ok=True)
     for node in c.nodes:
         if os.path.exists(node.log_path):

@@ -88,3 +88,82 @@ def test_bad_shapes_and_names_are_refused():
         Network("x", ["n1", "n2"]).isolate(CLIENT)
     with pytest.raises(NetError, match="run_id"):
         Network("bad id!", ["n1"])
+
+
+_ECHO = r"""
+import socket, sys, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", int(sys.argv[1])))
+srv.listen(8)
+print("ready", flush=True)
+def echo(c):
+    while (d := c.recv(4096)):
+        c.sendall(d)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=echo, args=(c,), daemon=True).start()
+"""
+
+# One connection, opened once (as a Raft link is), a ping every 50 ms: prints each round trip.
+_PINGER = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+while True:
+    t = time.monotonic()
+    s.sendall(b"p")
+    s.recv(1)
+    print(f"{(time.monotonic() - t) * 1000:.0f}", flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_delay_proxy_holds_raft_links_back_and_partitions_still_cut_them(tmp_path):
+    import queue
+    import subprocess
+    import sys
+    import threading
+    from types import SimpleNamespace
+
+    from chaos.delay import DelayLinks
+
+    run_id = _run_id("e")
+    with Network(run_id, ["n1", "n2"]) as net:
+        links = DelayLinks(net, SimpleNamespace(nodes=[SimpleNamespace(name="n1"), SimpleNamespace(name="n2")]),
+                           str(tmp_path))
+        procs = []
+        try:
+            links.start()              # before the link opens, as before the nodes start
+            echo = subprocess.Popen(net.exec_prefix("n2") + [sys.executable, "-c", _ECHO, "6222"],
+                                    stdout=subprocess.PIPE, text=True)
+            procs.append(echo)
+            assert echo.stdout.readline().strip() == "ready"
+            ping = subprocess.Popen(net.exec_prefix("n1") + [sys.executable, "-c", _PINGER, net.addr("n2"), "6222"],
+                                    stdout=subprocess.PIPE, text=True)
+            procs.append(ping)
+            rtts: queue.Queue = queue.Queue()
+            threading.Thread(target=lambda: [rtts.put(int(l)) for l in ping.stdout], daemon=True).start()
+
+            def next_rtts(n: int, timeout_s: float = 10.0) -> list[int]:
+                return [rtts.get(timeout=timeout_s) for _ in range(n)]
+
+            assert max(next_rtts(5)) < 200
+            assert links.stats()["n1"]["connections"] == 1      # the link runs through n1's proxy
+            links.set(["n2"], 300)                              # returns once bytes are held back
+            next_rtts(2)                                        # pings already on their way
+            assert min(next_rtts(3)) >= 600                     # 300 ms each way
+            links.clear()
+            next_rtts(2)
+            assert max(next_rtts(3)) < 200
+            net.isolate("n2")                                   # the proxy's own link leaves from n1's address
+            with pytest.raises(queue.Empty):
+                while True:
+                    rtts.get(timeout=2.0)
+            net.heal()
+            next_rtts(1, timeout_s=30)                          # raises queue.Empty if it never comes back
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+            links.stop()
+    assert leftovers(f"rb-{run_id}-") == []
