@@ -82,7 +82,7 @@ COPY_CHUNK_BYTES = 1 << 20                 # compaction copies the kept tail in 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
-def _test_crash_point(name: str) -> None:
+def crash_point(name: str) -> None:
     """Test-only: RAFTBROKER_TEST_CRASH_AT=<name> kills the process right here, as a
     SIGKILL in the middle of a compaction would."""
     if os.environ.get("RAFTBROKER_TEST_CRASH_AT") == name:
@@ -400,9 +400,9 @@ class RaftJournal(Journal):
                 _pwrite_all(fd, chunk, out)
                 out, src = out + len(chunk), src + len(chunk)
             os.fsync(fd)
-            _test_crash_point("compaction")
+            crash_point("compaction")
             os.replace(tmp, self.path)
-            _test_crash_point("compaction-renamed")
+            crash_point("compaction-renamed")
         except BaseException:
             os.close(fd)
             raise

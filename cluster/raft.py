@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import msgpack
 from pysyncobj import FAIL_REASON
+from pysyncobj.config import SERIALIZER_STATE
 
 from storage import Announce, Entry, Store, StoreCorruptError, StoreOptions
 from storage.errors import ClusterUnavailableError, NotLeaderError
@@ -31,7 +32,7 @@ from . import snapshots
 from .commit import BatchBounds, GroupCommitNode, NodeBusyError
 from .errors import CorruptStateError
 from .hardened import HardenedSyncObj
-from .journal import RaftJournal, install_journal_factory
+from .journal import RaftJournal, crash_point, install_journal_factory
 from .settings import RaftSettings
 
 log = logging.getLogger("raftbroker.raft")
@@ -86,6 +87,12 @@ class RaftNode(GroupCommitNode):
         os.makedirs(raft_dir, exist_ok=True)
         snapshots.recover_dirs(data_dir)
         self.snapshot_path = os.path.join(raft_dir, "snapshot")
+        snapshots.discard_partial(self.snapshot_path)
+        if os.path.exists(self.snapshot_path) and snapshots.is_placeholder(self.snapshot_path):
+            log.info("removing the placeholder of a first snapshot that was never packed; "
+                     "the journal still holds every entry")
+            os.remove(self.snapshot_path)
+        self._pack: Optional[_Packing] = None
         # pysyncobj renames snapshot files into place without syncing them; the journal
         # syncs the file and the directory before it drops entries the snapshot covers.
         self.journal = RaftJournal(raft_dir, sync=settings.sync, also_sync_dirs=[raft_dir],
@@ -126,7 +133,8 @@ class RaftNode(GroupCommitNode):
         settings.check(max_entry)
         conf = settings.syncobj_conf(
             password=secret, bindAddress=ident.raft_bind or ident.raft, journalFile=self.journal,
-            fullDumpFile=self.snapshot_path, serializer=self._serialize, deserializer=self._deserialize)
+            fullDumpFile=self.snapshot_path, serializer=self._serialize, deserializer=self._deserialize,
+            serializeChecker=self._packing_state)
         install_journal_factory()
         self.sync = HardenedSyncObj(ident.raft, partners, conf, self.journal, self._apply,
                                     voter=bool(self.journal.get_extra("voter", False)),
@@ -160,18 +168,59 @@ class RaftNode(GroupCommitNode):
         return res.results
 
     # == snapshots (tick thread) =========================================================
-    def _serialize(self, path: str, raft_data) -> None:
+    # A snapshot of a big store takes seconds to verify, digest and pack; in the tick
+    # thread that would stall heartbeats and commits. Here only the capture runs (a
+    # RocksDB checkpoint of hard links, the memory image); a thread packs it, and the
+    # checker pysyncobj polls every tick puts it into place. pysyncobj drops journal
+    # entries only after the checker reports success, so until then the old snapshot
+    # plus the whole journal still hold everything.
+    def _serialize(self, tmp_path: str, raft_data) -> None:
         t0 = time.monotonic()
-        with self._lock:
-            manifest = snapshots.write(self.store, path, raft_data)
-        self.last_snapshot = {"index": raft_data[0][1], "applied_index": manifest["applied_index"],
+        pack = _Packing(raft_data[0][1], t0)
+        self._pack = pack
+        # Never raise here: pysyncobj would then wait forever for a checker that
+        # reports neither success nor failure, and never compact again.
+        try:
+            with self._lock:
+                cap = snapshots.capture(self.store, self.snapshot_path, raft_data)
+            pack.capture_ms = (time.monotonic() - t0) * 1000
+            pack.thread = threading.Thread(target=pack.run, args=(cap, self.snapshot_path), name="snapshot-pack",
+                                           daemon=True)
+            pack.thread.start()
+        except Exception as e:  # noqa: BLE001 - reported by the checker
+            pack.error = e
+        snapshots.stand_in(self.snapshot_path, tmp_path)
+
+    def _packing_state(self) -> int:
+        pack = self._pack
+        if pack is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING
+        if pack.thread is not None and pack.thread.is_alive():
+            return SERIALIZER_STATE.SERIALIZING
+        self._pack = None
+        if pack.error is not None or pack.stale:
+            snapshots.discard_partial(self.snapshot_path)
+            if pack.error is not None:
+                log.error("snapshot not taken: %s", pack.error, extra={"index": pack.index})
+            return SERIALIZER_STATE.FAILED
+        crash_point("snapshot-packed")      # test-only: a kill with the stand-in still in place
+        try:
+            snapshots.place(self.snapshot_path)
+        except OSError as e:
+            log.error("snapshot not placed: %s", e, extra={"index": pack.index})
+            return SERIALIZER_STATE.FAILED
+        self.last_snapshot = {"index": pack.index, "applied_index": pack.manifest["applied_index"],
                               "taken": time.time()}
-        log.info("snapshot taken", extra={"index": raft_data[0][1], "ms": round((time.monotonic() - t0) * 1000)})
+        log.info("snapshot taken", extra={"index": pack.index, "capture_ms": round(pack.capture_ms),
+                                          "ms": round((time.monotonic() - pack.started) * 1000)})
+        return SERIALIZER_STATE.SUCCESS
 
     def _deserialize(self, path: str):
         # pysyncobj swallows a failed load and still acknowledges the snapshot; a node
         # whose state is unknown must not carry on, so any failure ends the process.
         try:
+            if self._pack is not None:
+                self._pack.stale = True         # older than what is being installed now
             manifest, raft_data = snapshots.read(path)
             with self._lock:
                 if manifest["applied_index"] > self.store.applied_index:
@@ -412,10 +461,32 @@ class RaftNode(GroupCommitNode):
             await self._stop_commits()
         finally:
             await asyncio.get_running_loop().run_in_executor(None, self.sync.destroy_synchronous)
+            pack = self._pack
+            if pack is not None and pack.thread is not None:
+                pack.thread.join()      # a node started next in this directory must not meet its files
             with self._lock:
                 self.store.close()
             self.journal._destroy()
             self._executor.shutdown(wait=True)
+
+
+class _Packing:
+    """One snapshot being packed in its own thread."""
+
+    def __init__(self, index: int, started: float):
+        self.index = index
+        self.started = started
+        self.capture_ms = 0.0
+        self.thread: Optional[threading.Thread] = None
+        self.manifest: Optional[dict] = None
+        self.error: Optional[BaseException] = None
+        self.stale = False
+
+    def run(self, cap, path: str) -> None:
+        try:
+            self.manifest = snapshots.pack(cap, path)
+        except Exception as e:  # noqa: BLE001 - reported by the checker, in the tick thread
+            self.error = e
 
 
 def _reason(err) -> str:

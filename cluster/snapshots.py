@@ -2,7 +2,9 @@
 
 A snapshot is the store's own snapshot file (RocksDB checkpoint + memory
 image, every file digested) with pysyncobj's `raftData` packed alongside.
-pysyncobj calls `serialize` and `deserialize` in its tick thread.
+pysyncobj calls the serializer and deserializer in its tick thread; only the
+capture (checkpoint hard links, memory image) runs there, the packing runs in
+a thread of its own (see RaftNode).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pickle
 import shutil
 
 from storage import Store, StoreOptions, read_extra, restore_snapshot, verify_snapshot
+from storage.snapshot import Capture, capture_snapshot, pack_snapshot, place_snapshot
 from storage.kv import fsync_dir
 
 log = logging.getLogger("raftbroker.snapshot")
@@ -20,9 +23,53 @@ RAFT_DATA = "raft.pickle"
 MEMORY = "memory.msgpack"
 
 
-def write(store: Store, path: str, raft_data) -> dict:
+# pysyncobj renames its temporary file over the snapshot as soon as our serializer
+# returns, before the new snapshot is packed. When there is no snapshot yet to stand
+# in for it, this marker does; nothing was compacted while it was in place (entries
+# are dropped only once the packed snapshot replaced it), so a node that finds it at
+# start removes it and replays its journal from the start.
+PLACEHOLDER = b"raftbroker: the first snapshot was being packed\n"
+
+
+def capture(store: Store, path: str, raft_data) -> Capture:
+    """The quick part, in the tick thread: see `storage.snapshot.capture_snapshot`."""
     # pickle: raftData holds pysyncobj's own Node objects, and pysyncobj pickles them too.
-    return store.snapshot(path, extra={RAFT_DATA: pickle.dumps(raft_data, protocol=4)})
+    return capture_snapshot(store, path + ".work", extra={RAFT_DATA: pickle.dumps(raft_data, protocol=4)})
+
+
+def pack(cap: Capture, path: str) -> dict:
+    """The slow part, in a packing thread: the synced file `path + ".packed"`."""
+    return pack_snapshot(cap, path + ".packed")
+
+
+def place(path: str) -> None:
+    place_snapshot(path + ".packed", path)
+
+
+def stand_in(path: str, tmp_path: str) -> None:
+    """Make pysyncobj's `tmp_path` the current snapshot (a hard link), or the
+    placeholder when there is none."""
+    if os.path.exists(tmp_path):
+        os.remove(tmp_path)
+    if os.path.exists(path):
+        os.link(path, tmp_path)
+    else:
+        with open(tmp_path, "wb") as f:
+            f.write(PLACEHOLDER)
+
+
+def is_placeholder(path: str) -> bool:
+    if os.path.getsize(path) != len(PLACEHOLDER):
+        return False
+    with open(path, "rb") as f:
+        return f.read() == PLACEHOLDER
+
+
+def discard_partial(path: str) -> None:
+    """What a packing that a kill interrupted left behind (our own temporary names)."""
+    shutil.rmtree(path + ".work", ignore_errors=True)
+    if os.path.exists(path + ".packed"):
+        os.remove(path + ".packed")
 
 
 def read(path: str) -> tuple[dict, tuple]:

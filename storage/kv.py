@@ -88,6 +88,34 @@ class RocksBackend:
         self.db.close()
 
 
+def verify_rocks_dir(path: str) -> int:
+    """Open a RocksDB directory (a checkpoint) read-only and read every key with
+    checksum verification; returns the key count. Raises StoreCorruptError."""
+    opts = rocksdict.Options(raw_mode=True)
+    opts.set_paranoid_checks(True)
+    try:
+        db = rocksdict.Rdict(path, opts, access_type=rocksdict.AccessType.read_only())
+    except Exception as e:  # rocksdict raises its own error type
+        raise StoreCorruptError(f"RocksDB checkpoint {path} cannot be opened: {e}") from e
+    try:
+        ro = rocksdict.ReadOptions()
+        ro.set_verify_checksums(True)
+        it = db.iter(ro)
+        it.seek_to_first()
+        n = 0
+        while it.valid():
+            n += 1
+            it.next()
+        try:
+            it.status()
+        except Exception as e:
+            raise StoreCorruptError(f"RocksDB read failed in {path}: {e}") from e
+        del it
+        return n
+    finally:
+        db.close()
+
+
 class MemoryBackend:
     def __init__(self):
         self.data: SortedDict = SortedDict()

@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 import tarfile
+from dataclasses import dataclass
 
 from .errors import StoreCorruptError
-from .kv import fsync_dir
+from .kv import fsync_dir, verify_rocks_dir
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -30,33 +31,50 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def write_snapshot(store, out_path: str, extra: dict[str, bytes] | None = None) -> dict:
-    """Pack `store` into `out_path`; returns the manifest. `extra` files (the Raft
-    layer's own data) are packed and digested alongside; read them back with
-    `read_extra`."""
-    work = out_path + ".work"
+@dataclass
+class Capture:
+    """A store's state at one applied index, held in `work`: a RocksDB checkpoint
+    (hard links), the memory image and the extra files. Packing it needs nothing
+    from the live store, so the store can move on meanwhile."""
+    work: str
+    applied_index: int
+    memory_applied_index: int
+    time_ns: int
+
+
+def capture_snapshot(store, work: str, extra: dict[str, bytes] | None = None) -> Capture:
+    """The quick part of a snapshot; hold the store still while it runs."""
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     try:
-        # RocksDB does not verify blocks when it copies them; read them all first so
-        # a damaged store is never packed into a snapshot and spread to others.
-        store.file.backend.verify()
         store.file.backend.checkpoint(os.path.join(work, "rocks"))
         with open(os.path.join(work, MEMORY), "wb") as f:
             f.write(store.memory_image())
         for name, raw in (extra or {}).items():
             with open(os.path.join(work, name), "wb") as f:
                 f.write(raw)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Capture(work, store.applied_index, store.memory_applied_index, store.time_ns)
+
+
+def pack_snapshot(cap: Capture, tmp_path: str) -> dict:
+    """The slow part, in any thread: verify, digest and pack the capture into
+    `tmp_path`, synced; `place_snapshot` puts it into place. Returns the manifest."""
+    try:
+        # RocksDB does not verify blocks when it copies them; read them all first so
+        # a damaged store is never packed into a snapshot and spread to others. The
+        # checkpoint's files are the live store's own (hard links).
+        verify_rocks_dir(os.path.join(cap.work, "rocks"))
         files = {}
-        for root, _dirs, names in os.walk(work):
+        for root, _dirs, names in os.walk(cap.work):
             for n in names:
                 full = os.path.join(root, n)
-                files[os.path.relpath(full, work)] = _sha256_file(full)
-        manifest = {"format": FORMAT, "applied_index": store.applied_index,
-                    "memory_applied_index": store.memory_applied_index, "time_ns": store.time_ns,
-                    "files": files}
-        tmp = out_path + ".tmp"
-        with tarfile.open(tmp, "w") as tar:
+                files[os.path.relpath(full, cap.work)] = _sha256_file(full)
+        manifest = {"format": FORMAT, "applied_index": cap.applied_index,
+                    "memory_applied_index": cap.memory_applied_index, "time_ns": cap.time_ns, "files": files}
+        with tarfile.open(tmp_path, "w") as tar:
             raw = json.dumps(manifest, sort_keys=True).encode()
             ti = tarfile.TarInfo(MANIFEST)
             ti.size = len(raw)
@@ -66,14 +84,26 @@ def write_snapshot(store, out_path: str, extra: dict[str, bytes] | None = None) 
             ti.size = len(digest)
             tar.addfile(ti, io.BytesIO(digest))
             for rel in sorted(files):
-                tar.add(os.path.join(work, rel), arcname=rel)
-        with open(tmp, "rb") as f:
+                tar.add(os.path.join(cap.work, rel), arcname=rel)
+        with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-        fsync_dir(os.path.dirname(os.path.abspath(out_path)))
         return manifest
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(cap.work, ignore_errors=True)
+
+
+def place_snapshot(tmp_path: str, out_path: str) -> None:
+    os.replace(tmp_path, out_path)
+    fsync_dir(os.path.dirname(os.path.abspath(out_path)))
+
+
+def write_snapshot(store, out_path: str, extra: dict[str, bytes] | None = None) -> dict:
+    """Pack `store` into `out_path` in one go; returns the manifest. `extra` files
+    (the Raft layer's own data) are packed and digested alongside; read them back
+    with `read_extra`."""
+    manifest = pack_snapshot(capture_snapshot(store, out_path + ".work", extra), out_path + ".tmp")
+    place_snapshot(out_path + ".tmp", out_path)
+    return manifest
 
 
 def read_manifest(snapshot_path: str) -> dict:

@@ -265,3 +265,18 @@ def test_crash_before_any_change_and_in_other_handlers(tmp_path):
     assert info.delivered.stream_seq == 1 and info.num_ack_pending == 1
     assert store.stream_info("S").state.messages == 1
     store.close()
+
+
+def test_a_damaged_block_is_never_packed_into_a_snapshot(tmp_path):
+    store = open_store(tmp_path / "src")
+    build(store, n=200)
+    store.snapshot(str(tmp_path / "first"))        # the checkpoint flushed the data into SST files
+    ssts = sorted((tmp_path / "src").rglob("*.sst"), key=lambda p: p.stat().st_size)
+    assert ssts
+    raw = bytearray(ssts[-1].read_bytes())
+    raw[64] ^= 0xFF                                 # a data block, well before the footer
+    ssts[-1].write_bytes(bytes(raw))
+    with pytest.raises(StoreCorruptError):
+        store.snapshot(str(tmp_path / "second"))
+    assert not (tmp_path / "second").exists()
+    assert not os.path.exists(str(tmp_path / "second") + ".work")
