@@ -19,12 +19,13 @@ Range = tuple[bytes, bytes]
 
 
 class RocksBackend:
-    def __init__(self, path: str, sync: bool = True):
+    def __init__(self, path: str, sync: bool = True, read_only: bool = False):
         opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
+        opts.create_if_missing(not read_only)
         opts.set_paranoid_checks(True)
         self.path = path
-        self.db = rocksdict.Rdict(path, opts)
+        self.db = rocksdict.Rdict(path, opts, access_type=rocksdict.AccessType.read_only()) if read_only \
+            else rocksdict.Rdict(path, opts)
         self.write_opts = rocksdict.WriteOptions()
         self.write_opts.sync = sync
         self.read_opts = rocksdict.ReadOptions()
@@ -91,29 +92,14 @@ class RocksBackend:
 def verify_rocks_dir(path: str) -> int:
     """Open a RocksDB directory (a checkpoint) read-only and read every key with
     checksum verification; returns the key count. Raises StoreCorruptError."""
-    opts = rocksdict.Options(raw_mode=True)
-    opts.set_paranoid_checks(True)
     try:
-        db = rocksdict.Rdict(path, opts, access_type=rocksdict.AccessType.read_only())
+        backend = RocksBackend(path, read_only=True)
     except Exception as e:  # rocksdict raises its own error type
         raise StoreCorruptError(f"RocksDB checkpoint {path} cannot be opened: {e}") from e
     try:
-        ro = rocksdict.ReadOptions()
-        ro.set_verify_checksums(True)
-        it = db.iter(ro)
-        it.seek_to_first()
-        n = 0
-        while it.valid():
-            n += 1
-            it.next()
-        try:
-            it.status()
-        except Exception as e:
-            raise StoreCorruptError(f"RocksDB read failed in {path}: {e}") from e
-        del it
-        return n
+        return backend.verify()
     finally:
-        db.close()
+        backend.close()
 
 
 class MemoryBackend:
