@@ -71,26 +71,28 @@ class GroupCommitNode:
         self._wake.set()
         return f
 
-    def _groups(self, commands: list[Command]):
-        """(run, its weight): commands in runs that each fit in one entry."""
-        group: list[Command] = []
-        size = 0
-        for c in commands:
-            w = _weight(c)
-            if group and (len(group) >= self.bounds.max_commands or size + w > self.bounds.max_bytes):
-                yield group, size
-                group, size = [], 0
-            group.append(c)
+    def _runs(self, items: list, count: Callable, weight: Callable):
+        """(run, its weight): consecutive items in runs that each fit in one entry
+        (max_commands counted by `count`, max_bytes by `weight`); a run has at least one."""
+        run: list = []
+        n = size = 0
+        for it in items:
+            k, w = count(it), weight(it)
+            if run and (n + k > self.bounds.max_commands or size + w > self.bounds.max_bytes):
+                yield run, size
+                run, n, size = [], 0, 0
+            run.append(it)
+            n += k
             size += w
-        if group:
-            yield group, size
+        if run:
+            yield run, size
 
     async def propose(self, commands: list[Command]) -> list:
         """Apply commands (possibly sharing an entry with others); results in order.
         A command's JSError is its result, not raised. One future per entry-sized
         run of commands, not one per command."""
         self._check_open(len(commands))
-        futs = [self._enqueue(g, w) for g, w in self._groups(commands)]
+        futs = [self._enqueue(g, w) for g, w in self._runs(commands, lambda _: 1, _weight)]
         out: list = []
         for results in await asyncio.gather(*futs):
             out.extend(results)
@@ -131,15 +133,9 @@ class GroupCommitNode:
 
     def _take_batch(self) -> list[tuple[list[Command], int, asyncio.Future, bool]]:
         """Queued proposals, whole, up to the entry's bounds (at least one)."""
-        n, count, size = 0, 0, 0
-        for cmds, w, _, _ in self._queue:
-            if n and (count + len(cmds) > self.bounds.max_commands or size + w > self.bounds.max_bytes):
-                break
-            n += 1
-            count += len(cmds)
-            size += w
-        batch, self._queue = self._queue[:n], self._queue[n:]
-        self._queued -= count
+        batch, _ = next(self._runs(self._queue, lambda item: len(item[0]), lambda item: item[1]))
+        self._queue = self._queue[len(batch):]
+        self._queued -= sum(len(cmds) for cmds, _, _, _ in batch)
         return batch
 
     async def _commit_loop(self) -> None:
