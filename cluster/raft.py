@@ -87,11 +87,9 @@ class RaftNode(GroupCommitNode):
         os.makedirs(raft_dir, exist_ok=True)
         snapshots.recover_dirs(data_dir)
         self.snapshot_path = os.path.join(raft_dir, "snapshot")
-        snapshots.discard_partial(self.snapshot_path)
-        if os.path.exists(self.snapshot_path) and snapshots.is_placeholder(self.snapshot_path):
-            log.info("removing the placeholder of a first snapshot that was never packed; "
+        if snapshots.settle_packing(self.snapshot_path):
+            log.info("removed the placeholder of a first snapshot that was never packed; "
                      "the journal still holds every entry")
-            os.remove(self.snapshot_path)
         self._pack: Optional[_Packing] = None
         # pysyncobj renames snapshot files into place without syncing them; the journal
         # syncs the file and the directory before it drops entries the snapshot covers.

@@ -58,11 +58,21 @@ def stand_in(path: str, tmp_path: str) -> None:
             f.write(PLACEHOLDER)
 
 
-def is_placeholder(path: str) -> bool:
+def _is_placeholder(path: str) -> bool:
     if os.path.getsize(path) != len(PLACEHOLDER):
         return False
     with open(path, "rb") as f:
         return f.read() == PLACEHOLDER
+
+
+def settle_packing(path: str) -> bool:
+    """At start: drop what a kill during packing left, and the placeholder of a
+    first snapshot never packed. True when a placeholder was removed."""
+    discard_partial(path)
+    if os.path.exists(path) and _is_placeholder(path):
+        os.remove(path)
+        return True
+    return False
 
 
 def discard_partial(path: str) -> None:
