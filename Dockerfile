@@ -9,8 +9,9 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /src
 # Only what `pip install .` needs: pyproject.toml names README.md as the readme and
-# these four packages in [tool.setuptools] packages.
+# these five packages in [tool.setuptools] packages.
 COPY pyproject.toml README.md ./
+COPY jetstream ./jetstream
 COPY storage ./storage
 COPY cluster ./cluster
 COPY api ./api

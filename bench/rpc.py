@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tqdm import tqdm  # noqa: E402
 
 from api.client import connect  # noqa: E402
-from storage.config import StreamConfig  # noqa: E402
+from jetstream.config import StreamConfig  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MSG = b"x" * 128

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from api.client import ConsumerConfig, connect
-from storage.errors import JSError
+from jetstream.errors import JSError
 
 from .history import FAIL, INFO, OK, Op
 

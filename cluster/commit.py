@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from jetstream.errors import JSError
 from storage.commands import Command, Publish
-from storage.errors import JSError
 
 log = logging.getLogger("raftbroker.node")
 

@@ -6,6 +6,7 @@ import concurrent.futures
 import time
 from typing import Callable, Optional
 
+from jetstream.results import ClusterInfo
 from storage import Entry, Store
 from storage.commands import Command
 
@@ -30,7 +31,7 @@ class LocalNode(GroupCommitNode):
     def leader(self) -> tuple[str, Optional[str]]:
         return self.name, self.client_addr
 
-    def cluster_info(self) -> Optional[dict]:
+    def cluster_info(self) -> Optional[ClusterInfo]:
         return None
 
     async def read(self, fn: Callable[[Store], object], fresh: bool = False):

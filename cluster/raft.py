@@ -24,8 +24,9 @@ import msgpack
 from pysyncobj import FAIL_REASON
 from pysyncobj.config import SERIALIZER_STATE
 
+from jetstream.errors import ClusterUnavailableError, NotLeaderError
+from jetstream.results import ClusterInfo, PeerInfo
 from storage import Announce, Entry, Store, StoreCorruptError, StoreOptions
-from storage.errors import ClusterUnavailableError, NotLeaderError
 from storage.commands import Command, from_wire
 
 from . import snapshots
@@ -311,10 +312,10 @@ class RaftNode(GroupCommitNode):
             raise ClusterUnavailableError(f"entry not confirmed within {self.settings.commit_timeout_s} s") from None
 
     # == cluster views ======================================================================
-    def cluster_info(self) -> dict:
+    def cluster_info(self) -> ClusterInfo:
         """JetStream's `cluster` block: the leader, and each other replica's state."""
         leader_name, _ = self.leader
-        out = {"name": "raftbroker", "leader": leader_name, "replicas": []}
+        out = ClusterInfo(name="raftbroker", leader=leader_name)
         if not self.is_leader:
             return out
         last = self.sync.raftCommitIndex
@@ -323,9 +324,12 @@ class RaftNode(GroupCommitNode):
             if member == self.ident.raft:
                 continue
             lag = max(0, last - match.get(member, 0))
-            active = contact.get(member)
-            out["replicas"].append({"name": self._name_of(member)[0], "current": lag == 0 and active is not None
-                                    and active < self.settings.election_min_s, "active": active, "lag": lag})
+            active_s = contact.get(member)
+            out.replicas.append(PeerInfo(
+                name=self._name_of(member)[0],
+                current=lag == 0 and active_s is not None and active_s < self.settings.election_min_s,
+                offline=active_s is None or active_s >= self.settings.election_min_s,
+                active=None if active_s is None else int(active_s * 1e9), lag=lag))
         return out
 
     def status(self) -> dict:

@@ -12,7 +12,7 @@ from typing import ClassVar, Optional
 
 import msgpack
 
-from .config import ConsumerConfig, StreamConfig
+from jetstream.config import ConsumerConfig, StreamConfig
 
 
 @dataclass

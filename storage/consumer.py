@@ -12,9 +12,10 @@ from typing import Optional
 import msgpack
 
 from . import keys as K
-from . import subjects as subj
-from .config import ConsumerConfig, ns
-from .results import ConsumerInfo, DeliveredMsg, Event, SequenceInfo
+from jetstream import subjects as subj
+from jetstream.config import ConsumerConfig, ns
+from jetstream.results import ConsumerInfo, DeliveredMsg, SequenceInfo
+from .events import Event
 
 # Bounds the messages one delivery command may look at while skipping
 # messages its filter does not match, so one command never stalls the log.

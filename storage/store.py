@@ -17,27 +17,29 @@ from typing import Optional
 import msgpack
 
 from . import keys as K
-from . import subjects as subj
+from jetstream import subjects as subj
 from .commands import (
     ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, Announce, DeleteConsumer, DeleteMsg, DeleteStream, Entry,
     NextMsgs, Publish, PurgeStream, Sweep, Touch, UpdateStream,
 )
-from .config import (
+from jetstream.config import (
     check_consumer_update, check_stream_update, normalize_consumer_config, normalize_stream_config,
     normalize_update_config, ns,
 )
-from .consumer import ConsumerRec
-from .errors import (
+from jetstream.errors import (
     BadRequestError, ConsumerAlreadyExistsError, ConsumerDoesNotExistError, ConsumerNotFoundError,
     HeaderExceedsMaximumError, InternalError, JSError, MaximumConsumersLimitError, MessageSizeExceedsError,
-    NoMessageFoundError, NoStreamForSubjectError, SequenceNotFoundError, StoreCorruptError,
+    NoMessageFoundError, NoStreamForSubjectError, SequenceNotFoundError,
     StreamMsgDeleteFailedError, StreamNameExistError, StreamNotFoundError, StreamNotMatchError,
     StreamPurgeFailedError, StreamRollupFailedError, StreamSealedError, StreamStoreFailedError,
     StreamSubjectOverlapError, WrongLastMsgIDError, WrongLastSequenceError, js_error,
 )
+from jetstream.results import AckResult, ConsumerInfo, PubAck, PurgeResponse, StoredMsg, StreamInfo, StreamState
+from .consumer import ConsumerRec
+from .errors import StoreCorruptError
+from .events import Event
 from .kv import MemoryBackend, RocksBackend, Tx
 from .partition import Partition
-from .results import AckResult, ConsumerInfo, Event, PubAck, PurgeResponse, StoredMsg, StreamInfo, StreamState
 from .stream import StreamRec, header_len, msg_size
 
 log = logging.getLogger("raftbroker.storage")

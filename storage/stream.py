@@ -12,8 +12,8 @@ from typing import Iterator, Optional
 import msgpack
 
 from . import keys as K
-from . import subjects as subj
-from .config import StreamConfig, ns
+from jetstream import subjects as subj
+from jetstream.config import StreamConfig, ns
 
 SUBJECT_CACHE_MAX = 100_000
 

@@ -101,8 +101,8 @@ async def test_replicates_to_all_nodes_through_any_node(cluster):
         assert all(not isinstance(a, Exception) for a in acks)
     info = await js.stream_info("S")
     assert info.state.messages == 10_000
-    assert info.cluster["leader"] == cluster.nodes[li].name
-    assert sorted(r["name"] for r in info.cluster["replicas"]) == sorted(
+    assert info.cluster.leader == cluster.nodes[li].name
+    assert sorted(r.name for r in info.cluster.replicas) == sorted(
         n.name for i, n in enumerate(cluster.nodes) if i != li)
     await nc.close()
     d = cluster.wait_same_digest()

@@ -1,4 +1,4 @@
-"""Client-side publish coalescing (api/coalesce.py): publishes started in one
+"""Client-side publish coalescing (api/client/coalesce.py): publishes started in one
 event-loop turn share a `pub.batch` request, and each still gets its own outcome."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from api.coalesce import PublishCoalescer
-from storage.errors import JSError, WrongLastSequenceError
+from api.client.coalesce import PublishCoalescer
+from jetstream.errors import JSError, WrongLastSequenceError
 
 
 class FakeClient:

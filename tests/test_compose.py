@@ -22,7 +22,7 @@ import pytest
 import yaml   # a dev dependency (pyproject.toml): the compose file is always checked
 
 from api.client import connect
-from api.node_config import resolve
+from api.server.config import resolve
 from cluster_util import Cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

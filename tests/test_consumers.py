@@ -6,6 +6,7 @@ nothing sleeps. Error cases assert JetStream's err_code.
 """
 import pytest
 
+import jetstream.config
 import storage
 from storage import (
     Ack, AddConsumer, AddStream, ConsumerConfig, DeleteConsumer, DeleteMsg, Entry, JSError, NextMsgs, Publish,
@@ -110,7 +111,7 @@ def test_unnamed_ephemeral_gets_deterministic_generated_name(stream, tmp_path):
         assert names[0] == names[1]
         first, second = names[0]
         assert first != second
-        assert storage.config.valid_name(first) and storage.config.valid_name(second)
+        assert jetstream.config.valid_name(first) and jetstream.config.valid_name(second)
         assert stream.store.consumer_names(S) == sorted([first, second])
         assert info(stream, first).config.inactive_threshold == 5.0
     finally:

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from api.client import ConsumerConfig, connect
-from storage.errors import ConsumerNotFoundError, JSError
+from jetstream.errors import ConsumerNotFoundError, JSError
 from e2e_util import advisories, nc, stream_msgs, until  # noqa: F401 - nc is a fixture
 
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from api.client import StreamConfig
-from storage.errors import (
+from jetstream.errors import (
     JSError, NoMessageFoundError, ReplicasNotSupportedError, StreamNotFoundError, StreamSubjectOverlapError,
     WrongLastMsgIDError, WrongLastSequenceError,
 )

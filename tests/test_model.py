@@ -26,7 +26,7 @@ from storage import (
     ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, ConsumerConfig, DeleteMsg, Entry, JSError, NextMsgs,
     Publish, PurgeStream, Store, StoreOptions, StreamConfig, Sweep, UpdateStream,
 )
-from storage.errors import ConsumerNotFoundError, NoMessageFoundError, SequenceNotFoundError
+from jetstream.errors import ConsumerNotFoundError, NoMessageFoundError, SequenceNotFoundError
 
 S = 10**9
 T0 = 1_700_000_000 * S

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from api.node_config import ConfigError, NodeConfig, add_arguments, resolve
+from api.server.config import ConfigError, NodeConfig, add_arguments, resolve
 from cluster_util import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

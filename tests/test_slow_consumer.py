@@ -20,7 +20,7 @@ import time
 
 from api import protocol as P
 from api.client import connect
-from storage.config import ConsumerConfig
+from jetstream.config import ConsumerConfig
 
 MSG_SIZE = 4096
 TOTAL = 16_000                     # 64 MiB of payload published ...

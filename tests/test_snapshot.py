@@ -9,7 +9,7 @@ from storage import (
     ACK, Ack, AddConsumer, AddStream, ConsumerConfig, Entry, JSError, NextMsgs, Publish, PurgeStream, Store,
     StoreCorruptError, StoreOptions, StreamConfig, read_manifest, restore_snapshot,
 )
-from storage.errors import InternalError
+from jetstream.errors import InternalError
 
 T0 = 1_700_000_000 * 10**9
 

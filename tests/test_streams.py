@@ -10,7 +10,7 @@ from storage import (
     Ack, AddConsumer, AddStream, ConsumerConfig, DeleteConsumer, DeleteMsg, DeleteStream, JSError, NextMsgs,
     PubAck, Publish, PurgeStream, StreamConfig, Sweep, UpdateStream,
 )
-from storage.config import check_stream_update, normalize_stream_config
+from jetstream.config import check_stream_update, normalize_stream_config
 from storage.stream import msg_size
 
 STORAGES = ["file", "memory"]

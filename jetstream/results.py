@@ -30,12 +30,31 @@ class StreamState(Base):
 
 
 @dataclass
+class PeerInfo(Base):
+    """One replica other than the leader, as the leader sees it."""
+    name: str
+    current: bool = False
+    offline: Optional[bool] = None
+    active: Optional[int] = None    # ns since the leader last heard from it
+    lag: Optional[int] = None       # entries behind the leader's commit index
+
+
+@dataclass
+class ClusterInfo(Base):
+    """JetStream's `cluster` block of stream and consumer info (nats-py's field names)."""
+    _nested = {"replicas": PeerInfo}
+    name: Optional[str] = None
+    leader: Optional[str] = None
+    replicas: list[PeerInfo] = field(default_factory=list)
+
+
+@dataclass
 class StreamInfo(Base):
-    _nested = {"config": StreamConfig, "state": StreamState}
+    _nested = {"config": StreamConfig, "state": StreamState, "cluster": ClusterInfo}
     config: StreamConfig
     state: StreamState
     created: int = 0         # unix ns
-    cluster: Optional[dict] = None
+    cluster: Optional[ClusterInfo] = None
     ts: int = 0
 
 
@@ -48,7 +67,8 @@ class SequenceInfo(Base):
 
 @dataclass
 class ConsumerInfo(Base):
-    _nested = {"config": ConsumerConfig, "delivered": SequenceInfo, "ack_floor": SequenceInfo}
+    _nested = {"config": ConsumerConfig, "delivered": SequenceInfo, "ack_floor": SequenceInfo,
+               "cluster": ClusterInfo}
     stream_name: str
     name: str
     config: ConsumerConfig
@@ -59,7 +79,7 @@ class ConsumerInfo(Base):
     num_redelivered: int = 0
     num_waiting: int = 0
     num_pending: int = 0
-    cluster: Optional[dict] = None
+    cluster: Optional[ClusterInfo] = None
     push_bound: Optional[bool] = None
     ts: int = 0
 
@@ -102,15 +122,3 @@ class AckResult(Base):
     never delivered, or the consumer uses ack_policy none): JetStream accepts
     such acks silently."""
     applied: bool = True
-
-
-@dataclass
-class Event(Base):
-    """Something applying produced that the serving node announces after commit."""
-    kind: str                # "stored", "max_deliveries", "terminated", "consumer_deleted", "stream_deleted"
-    stream: str
-    consumer: Optional[str] = None
-    stream_seq: Optional[int] = None
-    deliveries: Optional[int] = None
-    reason: Optional[str] = None
-    subject: Optional[str] = None

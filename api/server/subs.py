@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Optional
 
-from storage import subjects as subj
+from jetstream import subjects as subj
 
 
 @dataclass(eq=False)

@@ -11,13 +11,19 @@ bytes, no subject, over `max_payload`) goes alone, so its error is its own.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from storage.errors import JSError
-from storage.results import PubAck
+from jetstream.errors import JSError
+from jetstream.results import PubAck
 
-if TYPE_CHECKING:
-    from .client import Client
+
+class Requester(Protocol):
+    """What the coalescer needs of a connection (the Client, or a test's stand-in)."""
+    info: Any
+
+    async def _request(self, op: str, body: dict, timeout: float | None = None,
+                       idempotent: bool = False) -> Any: ...
+
 
 # Keep a batch's frame well below any max_frame a server would set.
 MAX_BATCH_BYTES = 1024 * 1024
@@ -30,7 +36,7 @@ def _weight(body: dict) -> int:
 
 
 class PublishCoalescer:
-    def __init__(self, nc: "Client"):
+    def __init__(self, nc: Requester):
         self._nc = nc
         self._pending: dict[float, list[tuple[dict, asyncio.Future]]] = {}
         self._scheduled = False

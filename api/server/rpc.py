@@ -19,14 +19,14 @@ from storage import (
     Ack, AddConsumer, AddStream, ConsumerConfig, DeleteConsumer, DeleteMsg, DeleteStream, NextMsgs, Publish,
     PurgeStream, StreamConfig, Sweep, Touch, UpdateStream,
 )
-from storage.errors import (
+from jetstream.errors import (
     BadRequestError, ConsumerNotFoundError, JSError, NoStreamForSubjectError, NotLeaderError, StreamNotFoundError,
 )
-from storage.subjects import is_valid_subject
+from jetstream.subjects import is_valid_subject
 
-from . import protocol as P
+from .. import protocol as P
 from .subs import SubjectRouter, Subscription
-from .wire import FrameWriter
+from ..wire import FrameWriter
 
 log = logging.getLogger("raftbroker.server")
 
@@ -322,7 +322,7 @@ class Server:
     def _with_cluster(self, d: dict) -> dict:
         cluster = self.node.cluster_info()
         if cluster is not None:
-            d["cluster"] = cluster
+            d["cluster"] = cluster.to_dict()
         return d
 
     def _wake(self) -> None:
