@@ -87,14 +87,18 @@ class HttpFront:
 class Broker:
     def __init__(self, cfg: NodeConfig):
         from .rpc import Server, ServerConfig
+        from .service import JetStreamService
         self.cfg = cfg
         self.node, max_payload = open_replication(cfg)
+        self.service = JetStreamService(self.node)
         host, port = _hostport(cfg.listen)
-        self.rpc = Server(self.node, ServerConfig(host=host, port=port, server_id=cfg.name,
-                                                  token=cfg.token or None, user=cfg.user or None,
-                                                  password=cfg.password or None, max_payload=max_payload))
-        # In start order; stopped in reverse, before the node they serve.
-        self._fronts: list[Front] = [self.rpc]
+        self.rpc = Server(self.node, self.service,
+                          ServerConfig(host=host, port=port, server_id=cfg.name, token=cfg.token or None,
+                                       user=cfg.user or None, password=cfg.password or None,
+                                       max_payload=max_payload))
+        # In start order; stopped in reverse, before the node they serve. The service goes
+        # first: the fronts hand it their subscriptions and pulls.
+        self._fronts: list[Front] = [self.service, self.rpc]
         if cfg.http:
             self._fronts.append(HttpFront(self.node, cfg.http))
         self._started: list[Front] = []

@@ -1,44 +1,31 @@
-"""The node's RPC server: connections, operations, fetch waiters, push delivery, core pub/sub.
-
-Every state change goes through `node.propose(...)`; every read that must see
-the latest writes goes through `node.read(...)`. The server itself keeps only
-connection state: subscriptions, waiting pulls, push delivery loops.
+"""The binary RPC front: connections, the handshake, frames in and out, and one handler per
+operation. What lasts longer than a request (waiting pulls, push delivery, core
+subscribers, sweeps) is the shared `JetStreamService`'s; this module only turns frames
+into its calls and its deliveries into frames.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-from storage import (
-    Ack, AddConsumer, AddStream, ConsumerConfig, DeleteConsumer, DeleteMsg, DeleteStream, NextMsgs, Publish,
-    PurgeStream, StreamConfig, Sweep, Touch, UpdateStream,
-)
-from jetstream.errors import (
-    BadRequestError, ConsumerNotFoundError, JSError, NoStreamForSubjectError, NotLeaderError, StreamNotFoundError,
-)
+from jetstream.config import ConsumerConfig, StreamConfig
+from jetstream.errors import BadRequestError, JSError, NotLeaderError
+from jetstream.results import DeliveredMsg
 from jetstream.subjects import is_valid_subject
+from storage import (
+    Ack, AddConsumer, AddStream, DeleteConsumer, DeleteMsg, DeleteStream, Publish, PurgeStream, UpdateStream,
+)
 
 from .. import protocol as P
-from .subs import SubjectRouter, Subscription
 from ..wire import FrameWriter
+from .service import JetStreamService
+from .subs import Subscription
 
 log = logging.getLogger("raftbroker.server")
-
-ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER"
-MAX_HOT_FETCH = 256     # consumers per connection remembered as having a backlog (op_fetch)
-
-
-class MaxWaitingError(JSError):
-    code = 409
-    err_code = 10912
-    description = "Exceeded MaxWaiting"
-
 
 @dataclass
 class ServerConfig:
@@ -54,8 +41,6 @@ class ServerConfig:
     max_subs: int = 1024               # subscriptions per connection
     max_outbound_bytes: int = 8 * 1024 * 1024  # unsent bytes per connection before pushes pause
     max_pub_batch: int = 1000
-    tick_s: float = 0.1                # how often waiting pulls and push loops re-check for work
-    sweep_s: float = 1.0               # how often the time-driven Sweep command is proposed
     handshake_timeout_s: float = 5.0
 
     @property
@@ -82,7 +67,7 @@ class Connection:
         self.name: Optional[str] = None
         self.out = FrameWriter(writer)
         # (stream, consumer) pairs whose last fetch here came back full: the next fetch
-        # proposes NextMsgs at once (see op_fetch). Bounded by MAX_HOT_FETCH.
+        # proposes NextMsgs at once (see JetStreamService.fetch).
         self.hot_fetch: set[tuple[str, str]] = set()
 
     def send(self, frame) -> None:
@@ -97,22 +82,17 @@ class Connection:
             self.closed = True
             self.out.close()
 
-
-def _sub_can_take(sub: Subscription) -> bool:
-    # SubjectRouter.targets calls can_take with a Subscription, not a Connection
-    # (passing Connection.can_take there raised AttributeError for every queue group).
-    return sub.conn.can_take()
+    def deliver(self, sub: Subscription, subject: str, reply: Optional[str], headers: Optional[dict],
+                data: bytes, meta: Optional[DeliveredMsg]) -> None:
+        self.send(P.Msg(sub.sid, subject, reply, headers, data, meta.to_dict() if meta is not None else None))
 
 
 class Server:
-    def __init__(self, node, config: ServerConfig | None = None):
+    def __init__(self, node, service: JetStreamService, config: ServerConfig | None = None):
         self.node = node
+        self.service = service
         self.config = config or ServerConfig()
-        self.router = SubjectRouter()
         self.conns: set[Connection] = set()
-        self._changed = asyncio.Event()
-        self._waiting: dict[tuple[str, str], int] = {}      # (stream, consumer) -> waiting pulls
-        self._push_loops: dict[tuple[str, str], asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
         self._server: Optional[asyncio.AbstractServer] = None
         self._ops = {
@@ -131,7 +111,7 @@ class Server:
         # Ops served without a task (see _serve_direct).
         self._direct = {"pub": (self._publish_cmd, self._pub_result), "ack": (self._ack_cmd, self._ack_result)}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        node.add_listener(self._on_events)
+        service.on_tick(self._on_tick)
 
     # == lifecycle =======================================================================
     async def start(self) -> None:
@@ -139,8 +119,6 @@ class Server:
         self._server = await asyncio.start_server(self._handle, self.config.host, self.config.port,
                                                   limit=self.config.max_frame + 8)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._spawn(self._ticker())
-        await self._ensure_push_loops()
         log.info("rpc server listening", extra={"port": self.port})
 
     async def stop(self) -> None:
@@ -148,9 +126,9 @@ class Server:
             self._server.close()
         for c in list(self.conns):
             c.close()
-        for t in list(self._tasks) + list(self._push_loops.values()):
+        for t in list(self._tasks):
             t.cancel()
-        await asyncio.gather(*self._tasks, *self._push_loops.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
@@ -179,7 +157,7 @@ class Server:
             log.exception("connection failed")
         finally:
             self.conns.discard(conn)
-            self.router.remove_conn(conn)
+            self.service.drop_subscriber(conn)
             conn.close()
 
     async def _next_frame(self, conn: Connection, timeout: Optional[float] = None):
@@ -310,35 +288,7 @@ class Server:
 
     # == helpers =========================================================================
     async def _propose(self, cmd):
-        return await self.node.propose_one(cmd)
-
-    async def _read(self, fn):
-        return await self.node.read(fn)
-
-    async def _read_fresh(self, fn):
-        """A read a client sees: on the leader, after a read barrier (see RaftNode.read)."""
-        return await self.node.read(fn, fresh=True)
-
-    def _with_cluster(self, d: dict) -> dict:
-        cluster = self.node.cluster_info()
-        if cluster is not None:
-            d["cluster"] = cluster.to_dict()
-        return d
-
-    def _wake(self) -> None:
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
-
-    async def _wait_change(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-
-    def _deliver_core(self, subject: str, data: bytes, headers=None, reply=None) -> None:
-        for sub in self.router.targets(subject, _sub_can_take):
-            if sub.conn.can_take():       # core messages are at most once: a slow reader misses them
-                sub.conn.send(P.Msg(sub.sid, subject, reply, headers, data))
+        return await self.service.propose(cmd)
 
     @staticmethod
     def _name(body: dict, key: str = "name") -> str:
@@ -362,27 +312,27 @@ class Server:
 
     async def op_stream_info(self, conn, body):
         name = self._name(body)
-        return self._with_cluster((await self._read_fresh(lambda s: s.stream_info(name))).to_dict())
+        return self.service.with_cluster((await self.service.read_fresh(lambda s: s.stream_info(name))).to_dict())
 
     async def op_stream_names(self, conn, body):
         subject = body.get("subject")
-        return {"streams": await self._read_fresh(lambda s: s.stream_names(subject))}
+        return {"streams": await self.service.read_fresh(lambda s: s.stream_names(subject))}
 
     async def op_stream_list(self, conn, body):
         subject = body.get("subject")
-        return {"streams": await self._read_fresh(
+        return {"streams": await self.service.read_fresh(
             lambda s: [s.stream_info(n).to_dict() for n in s.stream_names(subject)])}
 
     async def op_stream_purge(self, conn, body):
         r = await self._propose(PurgeStream(self._name(body), body.get("filter"), body.get("seq"),
                                             body.get("keep")))
-        self._wake()
+        self.service.wake()
         return r.to_dict()
 
     async def op_msg_get(self, conn, body):
         name = self._name(body)
         seq, last, nxt = body.get("seq"), body.get("last_by_subj"), body.get("next_by_subj")
-        return (await self._read_fresh(lambda s: s.get_msg(name, seq, last, nxt))).to_dict()
+        return (await self.service.read_fresh(lambda s: s.get_msg(name, seq, last, nxt))).to_dict()
 
     async def op_msg_delete(self, conn, body):
         return {"success": await self._propose(DeleteMsg(self._name(body), int(body.get("seq") or 0),
@@ -403,7 +353,7 @@ class Server:
         return self._pub_result(cmd, await self._propose(cmd))
 
     def _pub_result(self, cmd: Publish, ack) -> dict:
-        self._deliver_core(cmd.subject, cmd.data, cmd.headers)
+        self.service.deliver_core(cmd.subject, cmd.data, cmd.headers)
         return ack.to_dict()
 
     async def op_pub_batch(self, conn, body):
@@ -425,12 +375,8 @@ class Server:
         headers, reply = body.get("headers"), body.get("reply")
         if not isinstance(data, bytes):
             raise BadRequestError("data must be bytes")
-        if await self._read(lambda s: s.find_stream(subject)) is not None:
-            try:
-                await self._propose(Publish(subject, data, headers))
-            except JSError:
-                pass   # a core publish has no ack to carry the error
-        self._deliver_core(subject, data, headers, reply)
+        await self.service.store_core(subject, data, headers)
+        self.service.deliver_core(subject, data, headers, reply)
         return {"ok": True}
 
     # == core subscriptions ==============================================================
@@ -444,17 +390,16 @@ class Server:
             raise JSError(f"more than {self.config.max_subs} subscriptions", code=400, err_code=P.ERR_TOO_MANY_SUBS)
         old = conn.subs.pop(sid, None)
         if old:
-            self.router.remove(old)
+            self.service.unsubscribe(old)
         sub = Subscription(conn, sid, subject, queue or None)
         conn.subs[sid] = sub
-        self.router.add(sub)
-        await self._ensure_push_loops()
+        await self.service.subscribe(sub)
         return {"ok": True}
 
     async def op_unsub(self, conn: Connection, body):
         sub = conn.subs.pop(body.get("sid"), None)
         if sub:
-            self.router.remove(sub)
+            self.service.unsubscribe(sub)
         return {"ok": True}
 
     # == consumers =======================================================================
@@ -462,91 +407,31 @@ class Server:
         stream = self._name(body, "stream")
         cfg = ConsumerConfig.from_dict(body.get("config") or {})
         info = await self._propose(AddConsumer(stream, cfg, body.get("action") or ""))
-        loop = self._push_loops.get((stream, info.name))
-        if loop is not None and getattr(loop, "subject", None) != info.config.deliver_subject:
-            loop.cancel()       # an update moved the deliver subject: deliver to the new one
-            self._push_loops.pop((stream, info.name), None)
-        await self._ensure_push_loops()
-        return self._with_waiting(info).to_dict()
+        await self.service.consumer_changed(stream, info)
+        return self.service.with_waiting(info).to_dict()
 
     async def op_consumer_delete(self, conn, body):
         return {"success": await self._propose(DeleteConsumer(self._name(body, "stream"), self._name(body)))}
 
-    def _with_waiting(self, info):
-        info.num_waiting = self._waiting.get((info.stream_name, info.name), 0)
-        if info.config.deliver_subject:
-            info.push_bound = self.router.has_interest(info.config.deliver_subject)
-        return info
-
     async def op_consumer_info(self, conn, body):
         stream, name = self._name(body, "stream"), self._name(body)
-        info = await self._read_fresh(lambda s: s.consumer_info(stream, name))
-        return self._with_cluster(self._with_waiting(info).to_dict())
+        info = await self.service.read_fresh(lambda s: s.consumer_info(stream, name))
+        return self.service.with_cluster(self.service.with_waiting(info).to_dict())
 
     async def op_consumer_names(self, conn, body):
         stream = self._name(body, "stream")
-        return {"consumers": await self._read_fresh(lambda s: s.consumer_names(stream))}
+        return {"consumers": await self.service.read_fresh(lambda s: s.consumer_names(stream))}
 
     async def op_consumer_list(self, conn, body):
         stream = self._name(body, "stream")
-        infos = await self._read_fresh(lambda s: [s.consumer_info(stream, n) for n in s.consumer_names(stream)])
-        return {"consumers": [self._with_waiting(i).to_dict() for i in infos]}
+        infos = await self.service.read_fresh(lambda s: [s.consumer_info(stream, n) for n in s.consumer_names(stream)])
+        return {"consumers": [self.service.with_waiting(i).to_dict() for i in infos]}
 
     async def op_fetch(self, conn, body):
-        """Pull: up to `batch` messages; waits up to `expires` seconds for the first
-        one unless `no_wait`; an empty list when nothing came."""
-        stream, consumer = self._name(body, "stream"), self._name(body, "consumer")
-        batch = body.get("batch", 1)
-        if not isinstance(batch, int) or batch < 1:
-            raise BadRequestError("batch must be a positive integer")
-        expires = float(body.get("expires") or 0)
-        if not math.isfinite(expires):
-            # NaN never compares <= 0, so such a fetch would wait forever and leak a
-            # NaN timer into the event loop's heap every tick (negative means no wait).
-            raise BadRequestError("expires must be a finite number of seconds")
-        max_bytes = int(body.get("max_bytes") or 0)
-        deadline = time.monotonic() + max(expires, 0)
-        key = (stream, consumer)
-        waiting = False
-        # The read below keeps fetches on an idle consumer from writing log entries.
-        # When the previous fetch came back full there is most likely more, so the
-        # first attempt skips it and proposes at once: then NextMsgs rides in the same
-        # entry as the acks sent just before this fetch (one sync instead of a read,
-        # a sync for the acks and another for NextMsgs). Errors are the same either way.
-        hot = key in conn.hot_fetch
-        try:
-            while True:
-                if hot:
-                    hot, ready = False, True
-                else:
-                    ready, _ = await self._read(lambda s: s.consumer_work(stream, consumer, time.time_ns()))
-                if ready:
-                    msgs = await self._propose(NextMsgs(stream, consumer, batch, max_bytes))
-                    if len(msgs) >= batch:
-                        if len(conn.hot_fetch) >= MAX_HOT_FETCH:
-                            conn.hot_fetch.clear()
-                        conn.hot_fetch.add(key)
-                    else:
-                        conn.hot_fetch.discard(key)
-                    if msgs:
-                        return {"msgs": [m.to_dict() for m in msgs]}
-                remaining = deadline - time.monotonic()
-                # A closed connection cannot receive the answer: stop waiting (and free the
-                # max_waiting slot) instead of long-polling for nobody until `expires`.
-                if body.get("no_wait") or remaining <= 0 or conn.closed:
-                    return {"msgs": []}
-                if not waiting:
-                    cfg = (await self._read(lambda s: s.consumer_info(stream, consumer))).config
-                    if self._waiting.get(key, 0) >= (cfg.max_waiting or 0):
-                        raise MaxWaitingError()
-                    self._waiting[key] = self._waiting.get(key, 0) + 1
-                    waiting = True
-                await self._wait_change(min(remaining, self.config.tick_s))
-        finally:
-            if waiting:
-                self._waiting[key] -= 1
-                if not self._waiting[key]:
-                    del self._waiting[key]
+        msgs = await self.service.fetch(self._name(body, "stream"), self._name(body, "consumer"),
+                                        body.get("batch", 1), body.get("expires"), bool(body.get("no_wait")),
+                                        int(body.get("max_bytes") or 0), conn.hot_fetch, conn)
+        return {"msgs": [m.to_dict() for m in msgs]}
 
     async def op_ack(self, conn, body):
         cmd = self._ack_cmd(body)
@@ -558,105 +443,12 @@ class Server:
                    body.get("reason"))
 
     def _ack_result(self, cmd: Ack, r) -> dict:
-        if cmd.kind in ("nak", "term"):
-            self._wake()
+        self.service.acked(cmd.kind)
         return r.to_dict()
 
     async def op_ack_next(self, conn, body):
         await self.op_ack(conn, body)
         return await self.op_fetch(conn, body)
-
-    # == push consumers ===================================================================
-    async def _ensure_push_loops(self) -> None:
-        """Start a delivery loop for every push consumer whose deliver subject has a
-        subscriber (on the leader: only it can hand out messages)."""
-        if not self.node.is_leader:
-            return
-
-        def push_consumers(s):
-            out = []
-            for name in s.stream_names():
-                for cname in s.consumer_names(name):
-                    cfg = s.consumer_info(name, cname).config
-                    if cfg.deliver_subject:
-                        out.append((name, cname, cfg))
-            return out
-
-        for stream, cname, cfg in await self._read(push_consumers):
-            key = (stream, cname)
-            task = self._push_loops.get(key)
-            if (task is None or task.done()) and self.router.has_interest(cfg.deliver_subject):
-                task = asyncio.get_running_loop().create_task(self._push_loop(stream, cname, cfg))
-                task.subject = cfg.deliver_subject
-                self._push_loops[key] = task
-
-    async def _push_loop(self, stream: str, cname: str, cfg: ConsumerConfig) -> None:
-        subject = cfg.deliver_subject
-        hb = cfg.idle_heartbeat or 0
-        last_sent = time.monotonic()
-        full = False      # the last NextMsgs handed out a whole batch
-        try:
-            while True:
-                if not self.router.has_interest(subject):
-                    return
-                takers = [s for s in self.router.targets(subject, _sub_can_take) if s.conn.can_take()]
-                if not takers:
-                    # Back-pressure: nobody can take more; deliver nothing (and drop
-                    # nothing) until a subscriber's connection drains.
-                    await asyncio.sleep(self.config.tick_s)
-                    continue
-                # The read keeps an idle consumer from writing log entries. After a full
-                # batch there is most likely more, so propose at once: NextMsgs then
-                # shares an entry with the acks that came in meanwhile (op_fetch does the same).
-                if full:
-                    full, ready = False, True
-                else:
-                    ready, _ = await self._read(lambda s: s.consumer_work(stream, cname, time.time_ns()))
-                if ready:
-                    # A batch is bounded in bytes too, so one batch overshoots the outbound
-                    # limit by at most ~1 MiB (64 messages of up to max_payload would not be).
-                    try:
-                        msgs = await self._propose(NextMsgs(stream, cname, 64, 1024 * 1024))
-                    except (ConsumerNotFoundError, StreamNotFoundError, NotLeaderError):
-                        raise
-                    except JSError as e:
-                        # A refused proposal (a busy node, say) only delays delivery.
-                        log.warning("push delivery deferred: %s", e.description)
-                        await asyncio.sleep(self.config.tick_s)
-                        continue
-                    # Each connection is judged once per batch, at its first message: one that
-                    # crosses the limit mid-batch still gets the rest (no gap in what it sees);
-                    # one already over it gets no copy, so a subscriber that stops reading does
-                    # not buffer without bound while others keep this loop going (with acks,
-                    # what it misses is redelivered).
-                    open_conns: dict = {}
-                    for m in msgs:
-                        meta = m.to_dict()
-                        for sub in self.router.targets(subject, _sub_can_take):
-                            if sub.conn not in open_conns:
-                                open_conns[sub.conn] = sub.conn.can_take()
-                            if open_conns[sub.conn]:
-                                sub.conn.send(P.Msg(sub.sid, subject, None, m.headers, m.data, meta))
-                    full = len(msgs) >= 64
-                    if msgs:
-                        last_sent = time.monotonic()
-                        continue
-                if hb and time.monotonic() - last_sent >= hb:
-                    for sub in self.router.targets(subject):
-                        if sub.conn.can_take():   # same bound as deliveries
-                            sub.conn.send(P.Msg(sub.sid, subject, None,
-                                                {"Status": "100", "Description": "Idle Heartbeat"}, b""))
-                    last_sent = time.monotonic()
-                await self._wait_change(self.config.tick_s)
-        except (ConsumerNotFoundError, StreamNotFoundError, NotLeaderError):
-            return      # a new leader starts its own loops (see _ticker)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("push delivery failed", extra={"stream": stream, "consumer": cname})
-        finally:
-            if self._push_loops.get((stream, cname)) is asyncio.current_task():
-                self._push_loops.pop((stream, cname), None)
 
     # == cluster administration =============================================================
     def _cluster_node(self):
@@ -679,32 +471,10 @@ class Server:
         await self._cluster_node().step_down()
         return {"ok": True}
 
-    # == time and events ==================================================================
-    async def _ticker(self) -> None:
-        last_sweep = time.monotonic()
-        was_leader = self.node.is_leader
-        while True:
-            await asyncio.sleep(self.config.tick_s)
-            self._wake()
-            if self.node.is_leader != was_leader:
-                # A new leader takes over push delivery; a deposed one has nothing to
-                # deliver (its loops end on their next proposal) and its clients move on.
-                was_leader = self.node.is_leader
-                log.info("leadership changed", extra={"leader": was_leader, "node": self.config.server_id})
-                if was_leader:
-                    try:
-                        await self._ensure_push_loops()
-                    except JSError:
-                        pass
-            if not was_leader:
-                self._send_subscribers_to_leader()
-            if time.monotonic() - last_sweep >= self.config.sweep_s and self.node.is_leader:
-                last_sweep = time.monotonic()
-                try:
-                    cmds = [Sweep()] + [Touch(s, c) for (s, c) in list(self._waiting) + list(self._push_loops)]
-                    await self.node.propose(cmds)
-                except JSError:
-                    pass
+    # == housekeeping =======================================================================
+    def _on_tick(self, is_leader: bool) -> None:
+        if not is_leader:
+            self._send_subscribers_to_leader()
 
     def _send_subscribers_to_leader(self) -> None:
         """Push delivery runs on the leader only, so a subscriber connected to a
@@ -730,35 +500,3 @@ class Server:
         except Exception:  # noqa: BLE001 - closing anyway
             pass
         conn.close()
-
-    def _on_events(self, events) -> None:
-        wake = False
-        for ev in events:
-            if ev.kind == "stored":
-                wake = True
-            elif ev.kind in ("max_deliveries", "terminated"):
-                self._spawn(self._advisory(ev))
-            elif ev.kind in ("consumer_deleted", "stream_deleted"):
-                wake = True
-        if wake:
-            self._wake()
-
-    async def _advisory(self, ev) -> None:
-        if ev.kind == "max_deliveries":
-            subject = f"{ADVISORY_PREFIX}.MAX_DELIVERIES.{ev.stream}.{ev.consumer}"
-            body = {"type": "io.nats.jetstream.advisory.v1.max_deliver", "stream": ev.stream,
-                    "consumer": ev.consumer, "stream_seq": ev.stream_seq, "deliveries": ev.deliveries}
-        else:
-            subject = f"{ADVISORY_PREFIX}.MSG_TERMINATED.{ev.stream}.{ev.consumer}"
-            body = {"type": "io.nats.jetstream.advisory.v1.terminated", "stream": ev.stream,
-                    "consumer": ev.consumer, "stream_seq": ev.stream_seq, "deliveries": ev.deliveries,
-                    "reason": ev.reason or ""}
-        data = json.dumps(body).encode()
-        if self.node.is_leader:
-            try:
-                await self._propose(Publish(subject, data, None))
-            except NoStreamForSubjectError:
-                pass
-            except JSError:
-                log.warning("advisory not stored", extra={"subject": subject})
-        self._deliver_core(subject, data)
