@@ -229,6 +229,11 @@ def prepare(work: str, suite: str, target: str, cluster: bool) -> None:
     # An ini here pins pytest's rootdir to the work directory (not the repo's pyproject).
     with open(os.path.join(work, "pytest.ini"), "w") as f:
         f.write("[pytest]\naddopts = -p no:cacheprovider\n")
+    # ObjectStoreTest puts "pyproject.toml" and "README.md" from the directory it runs in
+    # (nats.py's repository root); any small files do.
+    for name in ("pyproject.toml", "README.md"):
+        with open(os.path.join(work, name), "w") as f:
+            f.write(f"# stand-in {name} for nats-py's ObjectStoreTest (written by bench/conformance.py)\n")
     server = os.path.join(work, "bin", "nats-server")
     if target == "nats-server":
         os.symlink(nats_server_binary(), server)
@@ -445,9 +450,13 @@ def main(argv=None) -> int:
         for line in refusals(os.path.join(run.work, "logs")):
             print(line)
         failed |= run.outcomes is None or counts(run.outcomes)["failed"] > 0
-    if len(runs) == 2 and all(r.outcomes is not None for r in runs):
-        print("== side by side")
-        print("\n".join(side_by_side(runs[0].outcomes, runs[1].outcomes)))
+    if len(runs) == 2:
+        if all(r.outcomes is not None for r in runs):
+            print("== side by side")
+            print("\n".join(side_by_side(runs[0].outcomes, runs[1].outcomes)))
+        else:
+            print("== side by side: not possible, " + " and ".join(r.target for r in runs if r.outcomes is None) +
+                  " did not run")
     for run in runs:
         prefix = f"{run.target}: " if len(runs) > 1 else ""
         print(prefix + (total_line(run.outcomes) if run.outcomes is not None else "not run"))
