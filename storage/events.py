@@ -10,7 +10,8 @@ from jetstream.model import Base
 @dataclass
 class Event(Base):
     """Something applying produced that the serving node announces after commit."""
-    kind: str                # "stored", "max_deliveries", "terminated", "consumer_deleted", "stream_deleted"
+    kind: str                # "stored", "max_deliveries", "terminated", "consumer_deleted",
+                             # "stream_changed" (created or updated), "stream_deleted"
     stream: str
     consumer: Optional[str] = None
     stream_seq: Optional[int] = None

@@ -307,6 +307,7 @@ class Store:
         part.next_sid += 1
         part.add_stream(st)
         self._routes.clear()
+        ctx.events.append(Event("stream_changed", st.name))
         return self._stream_info(st)
 
     def _update_stream(self, cmd: UpdateStream, ctx: _Ctx) -> StreamInfo:
@@ -323,6 +324,7 @@ class Store:
             # Like JetStream, re-check what existing consumers have acked; with no
             # consumer yet there is nothing to decide from, so nothing is dropped.
             self._drop_uninterested(st, tx)
+        ctx.events.append(Event("stream_changed", st.name))
         return self._stream_info(st)
 
     def _delete_stream(self, cmd: DeleteStream, ctx: _Ctx) -> bool:

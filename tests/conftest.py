@@ -79,6 +79,8 @@ class ServerProcess:
             m = re.search(r"clients on (\S+?),? ", line) or re.search(r"clients on (\S+)", line)
             if m:
                 self.addr = m.group(1).rstrip(",")
+                n = re.search(r"nats on (\S+?),", line)
+                self.nats_url = f"nats://{n.group(1)}" if n else None
                 return self
         self.stop()
         raise RuntimeError("server did not start")

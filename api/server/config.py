@@ -23,6 +23,8 @@ class NodeConfig:
     data: str = field(default="./data", metadata={"help": "data directory"})
     listen: str = field(default="127.0.0.1:4222", metadata={"help": "client address HOST:PORT"})
     http: str = field(default="", metadata={"help": "HTTP address HOST:PORT (/healthz, /raftz, /digest)"})
+    nats_listen: str = field(default="", metadata={
+        "help": "NATS-protocol address HOST:PORT (nats-py and NATS tools); off when empty"})
     raft: str = field(default="", metadata={"help": "Raft address HOST:PORT; without it, a single node"})
     peers: str = field(default="", metadata={"help": "Raft addresses of the first members, comma-separated"})
     cluster_secret: str = field(default="", metadata={"help": "shared secret nodes authenticate each other with"})

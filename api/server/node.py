@@ -99,6 +99,13 @@ class Broker:
         # In start order; stopped in reverse, before the node they serve. The service goes
         # first: the fronts hand it their subscriptions and pulls.
         self._fronts: list[Front] = [self.service, self.rpc]
+        if cfg.nats_listen:
+            from .nats.front import NatsConfig, NatsFront
+            nhost, nport = _hostport(cfg.nats_listen)
+            self.nats = NatsFront(self.node, self.service, NatsConfig(
+                host=nhost, port=nport, server_name=cfg.name, token=cfg.token or None, user=cfg.user or None,
+                password=cfg.password or None, max_payload=min(max_payload, CLUSTER_MAX_PAYLOAD)))
+            self._fronts.append(self.nats)
         if cfg.http:
             self._fronts.append(HttpFront(self.node, cfg.http))
         self._started: list[Front] = []
@@ -127,6 +134,7 @@ class Broker:
     def describe(self) -> str:
         cfg = self.cfg
         return (f"raftbroker {cfg.name}: clients on {self.rpc.config.host}:{self.rpc.port}"
+                + (f", nats on {self.nats.config.host}:{self.nats.port}" if cfg.nats_listen else "")
                 + (f", http on {cfg.http}" if cfg.http else "") + (f", raft on {cfg.raft}" if cfg.raft else "")
                 + f", data in {cfg.data}")
 

@@ -130,10 +130,15 @@ class JetStreamService:
             pass
 
     # == core subjects ======================================================================
-    def deliver_core(self, subject: str, data: bytes, headers=None, reply=None) -> None:
+    def deliver_core(self, subject: str, data: bytes, headers=None, reply=None, exclude=None,
+                     meta: Optional[DeliveredMsg] = None) -> None:
+        """To every subscriber of `subject` (one per queue group) that can take it now:
+        core messages are at most once, a slow reader misses them. `exclude` is a
+        publisher that asked not to hear its own messages (NATS's echo: false); `meta`
+        makes it a consumer's delivery (a pull answered on its reply subject)."""
         for sub in self.router.targets(subject, _sub_can_take):
-            if sub.conn.can_take():       # core messages are at most once: a slow reader misses them
-                sub.conn.deliver(sub, subject, reply, headers, data, None)
+            if sub.conn is not exclude and sub.conn.can_take():
+                sub.conn.deliver(sub, subject, reply, headers, data, meta)
 
     async def store_core(self, subject: str, data: bytes, headers=None) -> None:
         """A core publish that a stream captures is stored too (as in NATS); it has no ack
@@ -145,8 +150,15 @@ class JetStreamService:
                 pass
 
     async def subscribe(self, sub: Subscription) -> None:
+        """Add a subscriber; returns once a push consumer delivering to it has its loop."""
         self.router.add(sub)
         await self.ensure_push_loops()
+
+    def subscribe_now(self, sub: Subscription) -> None:
+        """Add a subscriber before the caller reads its next line (a NATS client's SUB is
+        in force for the PUB right after it); push loops start in the background."""
+        self.router.add(sub)
+        self._spawn(self.ensure_push_loops())
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.router.remove(sub)

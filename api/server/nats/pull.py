@@ -1,0 +1,96 @@
+"""Pull requests as NATS clients send them (`$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`
+with a reply inbox): messages go to the inbox, each showing its own subject with its ack
+subject as reply, and the request ends with the status lines nats-server sends
+(404 No Messages, 408 Request Timeout, 409 ...), which nats-py's fetch relies on."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+from jetstream.errors import ConsumerNotFoundError, JSError, StreamNotFoundError
+
+from ..service import JetStreamService, MaxWaitingError
+
+NS = 1_000_000_000
+# A request without `expires` waits "for ever" in NATS; here for at most this long (the
+# client re-requests), so a forgotten request cannot hold a waiting slot for good.
+MAX_WAIT_S = 3600.0
+
+
+def parse_request(payload: bytes) -> dict:
+    p = payload.strip()
+    if not p:
+        return {"batch": 1}
+    if p.isdigit():
+        return {"batch": int(p)}
+    d = json.loads(p)
+    if not isinstance(d, dict):
+        raise ValueError("pull request must be a JSON object")
+    return d
+
+
+class PullRequests:
+    def __init__(self, service: JetStreamService):
+        self.service = service
+
+    def _status(self, reply: str, code: str, description: str, extra: Optional[dict] = None) -> None:
+        self.service.deliver_core(reply, b"", {"Status": code, "Description": description, **(extra or {})})
+
+    def _deliver(self, reply: str, msgs) -> None:
+        for m in msgs:
+            self.service.deliver_core(reply, m.data, m.headers, meta=m)
+
+    async def serve(self, conn, subject: str, reply: Optional[str], payload: bytes) -> None:
+        tokens = subject.split(".")
+        if not reply or len(tokens) != 7:
+            return
+        stream, consumer = tokens[5], tokens[6]
+        try:
+            req = parse_request(payload)
+            batch = int(req.get("batch") or 1)
+            expires_s = (req.get("expires") or 0) / NS
+            heartbeat_s = (req.get("idle_heartbeat") or 0) / NS
+            max_bytes = int(req.get("max_bytes") or 0)
+            no_wait = bool(req.get("no_wait"))
+        except (ValueError, TypeError):
+            self._status(reply, "400", "Bad Request")
+            return
+        if batch < 1:
+            self._status(reply, "400", "Bad Request - batch must be positive")
+            return
+        if heartbeat_s and expires_s and heartbeat_s * 2 > expires_s:
+            self._status(reply, "400", "Bad Request - heartbeat value too large")
+            return
+        try:
+            await self._serve(conn, reply, stream, consumer, batch, expires_s, max_bytes, no_wait)
+        except MaxWaitingError:
+            self._status(reply, "409", "Exceeded MaxWaiting")
+        except (ConsumerNotFoundError, StreamNotFoundError):
+            self._status(reply, "409", "Consumer Deleted")
+        except JSError as e:
+            self._status(reply, str(e.code), e.description)
+
+    async def _serve(self, conn, reply, stream, consumer, batch, expires_s, max_bytes, no_wait) -> None:
+        fetch = self.service.fetch
+        if no_wait:
+            msgs = await fetch(stream, consumer, batch, 0, True, max_bytes, conn.hot_fetch, conn)
+            self._deliver(reply, msgs)
+            if msgs or not expires_s:
+                if len(msgs) < batch:
+                    self._status(reply, "404", "No Messages")
+                return
+        remaining = batch
+        deadline = time.monotonic() + (expires_s or MAX_WAIT_S)
+        while remaining > 0 and not conn.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msgs = await fetch(stream, consumer, remaining, left, False, max_bytes, conn.hot_fetch, conn)
+            if not msgs:
+                break
+            self._deliver(reply, msgs)
+            remaining -= len(msgs)
+        if remaining > 0 and not conn.closed:
+            self._status(reply, "408", "Request Timeout",
+                         {"Nats-Pending-Messages": str(remaining), "Nats-Pending-Bytes": "0"})
