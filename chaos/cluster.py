@@ -46,6 +46,7 @@ class Node:
     extra: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)
     exec_prefix: list[str] = field(default_factory=list)     # e.g. ["ip", "netns", "exec", ns]
+    nats: str = ""                                          # NATS-protocol address, when it has one
     proc: Optional[subprocess.Popen] = None
 
     @property
@@ -56,18 +57,20 @@ class Node:
 class Cluster:
     def __init__(self, root: str, n: int = 3, secret: Optional[str] = SECRET, extra: tuple = (),
                  env: Optional[dict] = None, hosts: Optional[list[str]] = None,
-                 exec_prefixes: Optional[list[list[str]]] = None):
+                 exec_prefixes: Optional[list[list[str]]] = None, nats: bool = False):
         self.root = root
         self.secret = secret
         self.nodes = []
-        ports = free_ports(3 * n) if hosts is None else [4222, 8222, 6222] * n
+        ports = free_ports((4 if nats else 3) * n) if hosts is None else [4222, 8222, 6222] * n + [4322] * n
+        nats_ports = ports[3 * n:]
         for i in range(n):
             host = hosts[i] if hosts else "127.0.0.1"
             name = f"n{i + 1}"
             self.nodes.append(Node(name, os.path.join(root, name), f"{host}:{ports[3 * i]}",
                                    f"{host}:{ports[3 * i + 1]}", f"{host}:{ports[3 * i + 2]}",
                                    os.path.join(root, f"{name}.log"), list(extra), dict(env or {}),
-                                   list(exec_prefixes[i]) if exec_prefixes else []))
+                                   list(exec_prefixes[i]) if exec_prefixes else [],
+                                   f"{host}:{nats_ports[i]}" if nats else ""))
 
     # -- processes ---------------------------------------------------------------------
     def command(self, node: Node, peers: Optional[list[str]] = None) -> list[str]:
@@ -75,6 +78,8 @@ class Cluster:
         cmd = [*node.exec_prefix, sys.executable, "-m", "api.cli", "server", "--name", node.name, "--data", node.data,
                "--listen", node.client, "--http", node.http, "--raft", node.raft, "--peers", ",".join(peers),
                "--bootstrap", "--log-level", "info", *node.extra]
+        if node.nats:
+            cmd += ["--nats-listen", node.nats]
         if self.secret is not None:
             cmd += ["--cluster-secret", self.secret]
         return cmd

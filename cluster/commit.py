@@ -52,6 +52,11 @@ class GroupCommitNode:
         self._task: Optional[asyncio.Task] = None
         self._inflight: Optional[asyncio.Semaphore] = None
         self._closed = False
+        self.on_entry: Optional[Callable[[int, float], None]] = None   # (commands, seconds), for /metrics
+
+    @property
+    def proposals_queued(self) -> int:
+        return self._queued
 
     # -- the interface the server uses ------------------------------------------------
     def add_listener(self, fn: Callable) -> None:
@@ -156,6 +161,7 @@ class GroupCommitNode:
     async def _commit_batch(self, batch) -> None:
         try:
             commands = [c for cmds, _, _, _ in batch for c in cmds]
+            t0 = time.perf_counter()
             try:
                 results, events = await self._commit(self.clock(), commands)
             except Exception as e:  # the entry failed as a whole (no leader, I/O, timeout)
@@ -165,6 +171,8 @@ class GroupCommitNode:
                     if not f.done():
                         f.set_exception(e)
                 return
+            if self.on_entry is not None:
+                self.on_entry(len(commands), time.perf_counter() - t0)
             at = 0
             for cmds, _, f, one in batch:
                 n = len(cmds)

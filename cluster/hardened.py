@@ -60,6 +60,8 @@ class HardenedSyncObj(SyncObj):
         # tick thread: a first tick must not find an attribute missing.
         self._known_members: Optional[list[str]] = None   # None: not seen yet (the first tick records it)
         self._last_role = (0, None)
+        self.leader_changes = 0     # for /metrics: how often this node saw a new leader
+        self.elections = 0          # ...and a new term (each new term is one election)
         self._last_keepalive = 0.0
         self._last_forced = 0.0
         self._hold_until = 0.0
@@ -107,6 +109,10 @@ class HardenedSyncObj(SyncObj):
         leader = self._getLeader()
         role = (self.raftCurrentTerm, leader.id if leader is not None else None)
         if role != self._last_role:
+            if role[0] != self._last_role[0]:
+                self.elections += 1
+            if role[1] is not None and role[1] != self._last_role[1]:
+                self.leader_changes += 1
             self._last_role = role
             log.info("term %d: leader %s", role[0], role[1] or "unknown",
                      extra={"term": role[0], "leader": role[1], "self_leader": self._isLeader()})

@@ -49,8 +49,9 @@ import mmap
 import os
 import struct
 import threading
+import time
 import zlib
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import msgpack
 import pysyncobj.syncobj
@@ -193,6 +194,7 @@ class RaftJournal(Journal):
         self.path = os.path.join(self.directory, LOG_NAME)
         self.meta_path = os.path.join(self.directory, META_NAME)
         self.sync_writes = sync
+        self.on_sync: Optional[Callable[[float], None]] = None    # fsync seconds, for /metrics
         # pysyncobj renames a new snapshot into place just before it drops the entries
         # the snapshot covers; that rename must be durable first or a power loss leaves
         # the old snapshot next to a log that no longer reaches back to it. pysyncobj
@@ -335,8 +337,11 @@ class RaftJournal(Journal):
             if not self._dirty:
                 return
             if self.sync_writes:
+                t0 = time.perf_counter()
                 _fdatasync(self._fd)
                 self.synced_size = self._size
+                if self.on_sync is not None:
+                    self.on_sync(time.perf_counter() - t0)
             self._dirty = False
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:

@@ -82,6 +82,7 @@ class RaftNode(GroupCommitNode):
         self._tasks: list[asyncio.Task] = []
         self.last_snapshot: Optional[dict] = None
         self.snapshots_installed = 0            # snapshots received from a leader and installed
+        self.snapshots_taken = 0
         self.bootstrap_state = "not requested"
 
         raft_dir = os.path.join(data_dir, "raft")
@@ -210,6 +211,7 @@ class RaftNode(GroupCommitNode):
             return SERIALIZER_STATE.FAILED
         self.last_snapshot = {"index": pack.index, "applied_index": pack.manifest["applied_index"],
                               "taken": time.time()}
+        self.snapshots_taken += 1
         log.info("snapshot taken", extra={"index": pack.index, "capture_ms": round(pack.capture_ms),
                                           "ms": round((time.monotonic() - pack.started) * 1000)})
         return SERIALIZER_STATE.SUCCESS
@@ -350,7 +352,8 @@ class RaftNode(GroupCommitNode):
                 "leader_commit_index": st["leader_commit_idx"], "store_applied_index": self.store.applied_index,
                 "log_len": st["log_len"], "voter": self.sync.voter, "bootstrap": self.bootstrap_state,
                 "members": members, "last_snapshot": self.last_snapshot,
-                "snapshots_installed": self.snapshots_installed}
+                "snapshots_installed": self.snapshots_installed, "snapshots_taken": self.snapshots_taken,
+                "leader_changes": self.sync.leader_changes, "elections": self.sync.elections}
 
     def health(self) -> tuple[bool, str]:
         if self.sync._getLeader() is None:

@@ -22,7 +22,7 @@ class NodeConfig:
     name: str = field(default="n1", metadata={"help": "node name, unique in the cluster"})
     data: str = field(default="./data", metadata={"help": "data directory"})
     listen: str = field(default="127.0.0.1:4222", metadata={"help": "client address HOST:PORT"})
-    http: str = field(default="", metadata={"help": "HTTP address HOST:PORT (/healthz, /raftz, /digest)"})
+    http: str = field(default="", metadata={"help": "HTTP address HOST:PORT (/varz /connz /jsz /healthz /metrics /raftz)"})
     nats_listen: str = field(default="", metadata={
         "help": "NATS-protocol address HOST:PORT (nats-py and NATS tools); off when empty"})
     raft: str = field(default="", metadata={"help": "Raft address HOST:PORT; without it, a single node"})

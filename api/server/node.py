@@ -70,14 +70,14 @@ def open_replication(cfg: NodeConfig):
 class HttpFront:
     """The node's HTTP endpoints on their own address."""
 
-    def __init__(self, node, addr: str):
-        self.node = node
+    def __init__(self, broker, addr: str):
+        self.broker = broker
         self.host, self.port = _hostport(addr)
         self._runner = None
 
     async def start(self) -> None:
         from .http import start_http
-        self._runner = await start_http(self.node, self.host, self.port)
+        self._runner = await start_http(self.broker, self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner:
@@ -99,6 +99,7 @@ class Broker:
         # In start order; stopped in reverse, before the node they serve. The service goes
         # first: the fronts hand it their subscriptions and pulls.
         self._fronts: list[Front] = [self.service, self.rpc]
+        self.nats = None
         if cfg.nats_listen:
             from .nats.front import NatsConfig, NatsFront
             nhost, nport = _hostport(cfg.nats_listen)
@@ -107,7 +108,7 @@ class Broker:
                 password=cfg.password or None, max_payload=min(max_payload, CLUSTER_MAX_PAYLOAD)))
             self._fronts.append(self.nats)
         if cfg.http:
-            self._fronts.append(HttpFront(self.node, cfg.http))
+            self._fronts.append(HttpFront(self, cfg.http))
         self._started: list[Front] = []
         self._node_started = False
 

@@ -6,6 +6,7 @@ into its calls and its deliveries into frames.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -23,7 +24,10 @@ from storage import (
 from .. import protocol as P
 from ..wire import FrameWriter
 from .service import JetStreamService
+from .stats import ConnRow, Traffic
 from .subs import Subscription
+
+_conn_ids = itertools.count(1)
 
 log = logging.getLogger("raftbroker.server")
 
@@ -66,6 +70,10 @@ class Connection:
         self.closed = False
         self.name: Optional[str] = None
         self.out = FrameWriter(writer)
+        self.cid = next(_conn_ids)
+        self.peer = writer.get_extra_info("peername") or ("", 0)
+        self.started = time.time()
+        self.traffic = Traffic()
         # (stream, consumer) pairs whose last fetch here came back full: the next fetch
         # proposes NextMsgs at once (see JetStreamService.fetch).
         self.hot_fetch: set[tuple[str, str]] = set()
@@ -84,7 +92,12 @@ class Connection:
 
     def deliver(self, sub: Subscription, subject: str, reply: Optional[str], headers: Optional[dict],
                 data: bytes, meta: Optional[DeliveredMsg]) -> None:
+        self.traffic.sent(len(data))
         self.send(P.Msg(sub.sid, subject, reply, headers, data, meta.to_dict() if meta is not None else None))
+
+    def row(self) -> ConnRow:
+        return ConnRow(self.cid, "rpc", str(self.peer[0]), int(self.peer[1]), self.started, self.traffic,
+                       self.out.unsent_bytes, len(self.subs), self.name or "", "python", "")
 
 
 class Server:
@@ -93,6 +106,8 @@ class Server:
         self.service = service
         self.config = config or ServerConfig()
         self.conns: set[Connection] = set()
+        self.total_connections = 0
+        self.closed_traffic = Traffic()     # what connections that have gone moved
         self._tasks: set[asyncio.Task] = set()
         self._server: Optional[asyncio.AbstractServer] = None
         self._ops = {
@@ -147,6 +162,7 @@ class Server:
     async def _handle(self, reader, writer) -> None:
         conn = Connection(self, reader, writer)
         self.conns.add(conn)
+        self.total_connections += 1
         try:
             conn.send(self._info())
             if await self._handshake(conn):
@@ -157,6 +173,7 @@ class Server:
             log.exception("connection failed")
         finally:
             self.conns.discard(conn)
+            self.closed_traffic.add(conn.traffic)
             self.service.drop_subscriber(conn)
             conn.close()
 
@@ -264,21 +281,24 @@ class Server:
         make, finish = direct
         try:
             cmd = make(_request_body(req))
+            if isinstance(cmd, Publish):
+                conn.traffic.got(len(cmd.data))
             fut = self.node.propose_future(cmd)
         except Exception as e:
             conn.inflight -= 1
             self._reply_error(conn, req, e)
             return
-        fut.add_done_callback(lambda f: self._direct_done(conn, req, cmd, finish, f))
+        t0 = time.perf_counter()
+        fut.add_done_callback(lambda f: self._direct_done(conn, req, cmd, finish, f, t0))
 
-    def _direct_done(self, conn: Connection, req: P.Request, cmd, finish, fut: asyncio.Future) -> None:
+    def _direct_done(self, conn: Connection, req: P.Request, cmd, finish, fut: asyncio.Future, t0: float) -> None:
         try:
             if fut.cancelled():
                 return          # as a cancelled task: no reply
             r = fut.result()
             if isinstance(r, JSError):
                 raise r
-            result = finish(cmd, r)
+            result = finish(cmd, r, time.perf_counter() - t0)
             if req.id:
                 conn.send(P.Response(req.id, result))
         except Exception as e:
@@ -350,9 +370,12 @@ class Server:
 
     async def op_pub(self, conn, body):
         cmd = self._publish_cmd(body)
-        return self._pub_result(cmd, await self._propose(cmd))
+        t0 = time.perf_counter()
+        return self._pub_result(cmd, await self._propose(cmd), time.perf_counter() - t0)
 
-    def _pub_result(self, cmd: Publish, ack) -> dict:
+    def _pub_result(self, cmd: Publish, ack, seconds: float) -> dict:
+        if not ack.duplicate:
+            self.service.metrics.published_one(ack.stream, cmd.subject, seconds)
         self.service.deliver_core(cmd.subject, cmd.data, cmd.headers)
         return ack.to_dict()
 
@@ -361,10 +384,12 @@ class Server:
         if not isinstance(msgs, list) or not msgs or len(msgs) > self.config.max_pub_batch:
             raise BadRequestError(f"msgs must be a list of 1..{self.config.max_pub_batch} messages")
         cmds = [self._publish_cmd(m) for m in msgs]
+        t0 = time.perf_counter()
         results = await self.node.propose(cmds)
+        took = time.perf_counter() - t0
         out = []
         for cmd, r in zip(cmds, results):
-            out.append({"error": r.to_wire()} if isinstance(r, JSError) else self._pub_result(cmd, r))
+            out.append({"error": r.to_wire()} if isinstance(r, JSError) else self._pub_result(cmd, r, took))
         return {"acks": out}
 
     async def op_cpub(self, conn, body):
@@ -435,15 +460,16 @@ class Server:
 
     async def op_ack(self, conn, body):
         cmd = self._ack_cmd(body)
-        return self._ack_result(cmd, await self._propose(cmd))
+        t0 = time.perf_counter()
+        return self._ack_result(cmd, await self._propose(cmd), time.perf_counter() - t0)
 
     def _ack_cmd(self, body: dict) -> Ack:
         stream, consumer = self._name(body, "stream"), self._name(body, "consumer")
         return Ack(stream, consumer, int(body["seq"]), body.get("kind", "ack"), float(body.get("delay") or 0),
                    body.get("reason"))
 
-    def _ack_result(self, cmd: Ack, r) -> dict:
-        self.service.acked(cmd.kind)
+    def _ack_result(self, cmd: Ack, r, seconds: float) -> dict:
+        self.service.acked(cmd, seconds)
         return r.to_dict()
 
     async def op_ack_next(self, conn, body):

@@ -23,8 +23,9 @@ from jetstream.errors import (
     BadRequestError, ConsumerNotFoundError, JSError, NoStreamForSubjectError, NotLeaderError, StreamNotFoundError,
 )
 from jetstream.results import ConsumerInfo, DeliveredMsg
-from storage import NextMsgs, Publish, Sweep, Touch
+from storage import Ack, NextMsgs, Publish, Sweep, Touch
 
+from .metrics import NodeMetrics
 from .subs import SubjectRouter, Subscription
 
 log = logging.getLogger("raftbroker.server")
@@ -74,6 +75,16 @@ class JetStreamService:
         self._tasks: set[asyncio.Task] = set()
         self._leadership_hooks: list[Callable[[bool], None]] = []
         node.add_listener(self._on_events)
+        self.metrics = NodeMetrics()
+        node.add_listener(self.metrics.on_events)
+        node.on_entry = self._observe_entry
+        journal = getattr(node, "journal", None)
+        if journal is not None:
+            journal.on_sync = self.metrics.fsync_seconds.observe
+
+    def _observe_entry(self, commands: int, seconds: float) -> None:
+        self.metrics.entry_commands.observe(commands)
+        self.metrics.commit_seconds.observe(seconds)
 
     # == lifecycle =======================================================================
     async def start(self) -> None:
@@ -222,9 +233,12 @@ class JetStreamService:
                 if not self._waiting[key]:
                     del self._waiting[key]
 
-    def acked(self, kind: str) -> None:
-        """After an ack: a nak or term may make a message deliverable again at once."""
-        if kind in ("nak", "term"):
+    def acked(self, cmd: Ack, seconds: float) -> None:
+        """After an ack (`seconds` from its arrival): a nak or term may make a message
+        deliverable again at once."""
+        self.metrics.consumed[(cmd.stream, cmd.consumer, cmd.kind)] += 1
+        self.metrics.ack_seconds.observe(seconds)
+        if cmd.kind in ("nak", "term"):
             self.wake()
 
     # == push ===============================================================================

@@ -24,16 +24,17 @@ from jetstream.results import DeliveredMsg
 from storage import Ack, Publish
 
 from ..service import JetStreamService
+from ..stats import ConnRow, Traffic
 from ..subs import Subscription
 from . import codec as C
 from .jsapi import API_PREFIX, JetStreamApi
+from .jsjson import SERVER_VERSION
 from .pull import PullRequests
 
 log = logging.getLogger("raftbroker.nats")
 
 ACK_PREFIX = "$JS.ACK."
 FC_PREFIX = "$JS.FC."
-SERVER_VERSION = "2.10.26"      # nats-py gates behaviour on the server's version
 _client_ids = itertools.count(1)
 
 
@@ -120,8 +121,9 @@ class NatsConnection:
         self.inflight = 0
         self.pings_out = 0
         self.hot_fetch: set = set()
-        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
+        self.traffic = Traffic()
         self.started = time.time()
+        self.lang = self.version = ""
 
     # == output ==============================================================================
     def write(self, data: bytes) -> None:
@@ -152,14 +154,19 @@ class NatsConnection:
                      f"{meta.consumer_seq}.{meta.time}.{meta.num_pending}")
         block = C.encode_headers(headers) if headers and self.headers else b""
         self.write(C.msg_frame(subject, sub.sid, reply, data, block))
-        self.out_msgs += 1
-        self.out_bytes += len(data)
+        self.traffic.sent(len(data))
         left = self.max_msgs.get(sub.sid)
         if left is not None:
             if left <= 1:
                 self._unsubscribe(sub.sid)
             else:
                 self.max_msgs[sub.sid] = left - 1
+
+    def row(self) -> ConnRow:
+        ip, _, port = self.addr.rpartition(":")
+        return ConnRow(self.client_id, "nats", ip, int(port or 0), self.started, self.traffic,
+                       self.writer.transport.get_write_buffer_size() if not self.closed else 0,
+                       len(self.subs), self.name, self.lang, self.version)
 
     def _unsubscribe(self, sid: str) -> None:
         sub = self.subs.pop(sid, None)
@@ -210,8 +217,7 @@ class NatsConnection:
                 return False
             return self._connect(op.options)
         if isinstance(op, C.Pub):
-            self.in_msgs += 1
-            self.in_bytes += len(op.payload)
+            self.traffic.got(len(op.payload))
             self.front.publish(self, op)
         elif isinstance(op, C.Ping):
             self.write(C.PONG)
@@ -259,6 +265,7 @@ class NatsConnection:
         self.headers = bool(o.get("headers"))
         self.no_responders = bool(o.get("no_responders")) and self.headers
         self.name = str(o.get("name") or "")
+        self.lang, self.version = str(o.get("lang") or ""), str(o.get("version") or "")
         self.connected = True
         if self.verbose:
             self.write(C.OK)
@@ -275,6 +282,8 @@ class NatsFront:
         self.api = JetStreamApi(service, self.streams.refresh)
         self.pulls = PullRequests(service)
         self.slow_consumers = 0
+        self.total_connections = 0
+        self.closed_traffic = Traffic()     # what connections that have gone moved
         self.server_id = secrets.token_hex(11).upper()
         self._server: Optional[asyncio.AbstractServer] = None
         self._tasks: set[asyncio.Task] = set()
@@ -325,6 +334,7 @@ class NatsFront:
     async def _handle(self, reader, writer) -> None:
         conn = NatsConnection(self, reader, writer)
         self.conns.add(conn)
+        self.total_connections += 1
         try:
             await conn.run()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -333,6 +343,7 @@ class NatsFront:
             log.exception("nats connection failed")
         finally:
             self.conns.discard(conn)
+            self.closed_traffic.add(conn.traffic)
             self.service.drop_subscriber(conn)
             conn.close()
 
@@ -389,6 +400,7 @@ class NatsFront:
                                                   "description": "too many requests in flight"}})
             return
         cmd = Publish(op.subject, op.payload, headers)
+        t0 = time.perf_counter()
         try:
             fut = self.node.propose_future(cmd)
         except JSError as e:
@@ -413,6 +425,7 @@ class NatsFront:
                 self._reply_json(op.reply, {"error": {"code": 500, "err_code": 10999,
                                                       "description": f"internal error: {r!r}"}})
             else:
+                self.service.metrics.published_one(r.stream, op.subject, time.perf_counter() - t0)
                 body = {"stream": r.stream, "seq": r.seq}
                 if r.duplicate:
                     body["duplicate"] = True
@@ -437,6 +450,7 @@ class NatsFront:
         if kind is None or not seq.isdigit():
             return
         cmd = Ack(stream, consumer, int(seq), kind, delay, reason)
+        t0 = time.perf_counter()
         try:
             fut = self.node.propose_future(cmd)
         except JSError:
@@ -446,7 +460,7 @@ class NatsFront:
         def done(f: asyncio.Future) -> None:
             if f.cancelled() or f.exception() is not None:
                 return
-            self.service.acked(kind)
+            self.service.acked(cmd, time.perf_counter() - t0)
             if nxt is not None and reply:
                 self._spawn(self.pulls.serve(conn, f"{API_PREFIX}CONSUMER.MSG.NEXT.{stream}.{consumer}",
                                              reply, nxt))

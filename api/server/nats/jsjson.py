@@ -13,6 +13,7 @@ from jetstream.errors import BadRequestError
 from jetstream.results import ConsumerInfo, StreamInfo
 
 NS = 1_000_000_000
+SERVER_VERSION = "2.10.26"      # the NATS level we speak: nats-py gates behaviour on it
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 STREAM_DURATIONS = ("max_age", "duplicate_window")
 CONSUMER_DURATIONS = ("ack_wait", "idle_heartbeat", "inactive_threshold", "max_expires")
@@ -121,7 +122,7 @@ def consumer_config_out(cfg: ConsumerConfig) -> dict:
     return d
 
 
-def _seq_out(s) -> dict:
+def seq_out(s) -> dict:
     d = {"consumer_seq": s.consumer_seq, "stream_seq": s.stream_seq}
     if s.last_active:
         d["last_active"] = rfc3339(s.last_active)
@@ -130,8 +131,8 @@ def _seq_out(s) -> dict:
 
 def consumer_info_out(info: ConsumerInfo, cluster=None) -> dict:
     out = {"stream_name": info.stream_name, "name": info.name, "created": rfc3339(info.created),
-           "config": consumer_config_out(info.config), "delivered": _seq_out(info.delivered),
-           "ack_floor": _seq_out(info.ack_floor), "num_ack_pending": info.num_ack_pending,
+           "config": consumer_config_out(info.config), "delivered": seq_out(info.delivered),
+           "ack_floor": seq_out(info.ack_floor), "num_ack_pending": info.num_ack_pending,
            "num_redelivered": info.num_redelivered, "num_waiting": info.num_waiting,
            "num_pending": info.num_pending, "ts": rfc3339(info.ts or time.time_ns())}
     if info.push_bound is not None:

@@ -1,0 +1,205 @@
+"""/metrics in Prometheus text format (prometheus-client), with the names the seeds' dashboards
+and prometheus-nats-exporter's Grafana boards use.
+
+Latencies and counts are observed as they happen; stream, consumer and Raft state is read
+from the node at scrape time, so what a scrape shows is what the node holds at that moment.
+Each node has its own registry (never the process-global one), so in-process tests and
+several nodes in one interpreter do not collide.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+MAX_SUBJECT_LABELS = 100      # distinct subject label values per stream; the rest count as "_other"
+OTHER = "_other"
+
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class SubjectCounts:
+    """Messages stored per (stream, subject), with a bound on distinct subjects per stream so
+    a stream with a million subjects cannot blow up the scrape."""
+
+    def __init__(self, cap: int = MAX_SUBJECT_LABELS):
+        self.cap = cap
+        self.counts: dict[str, Counter] = {}
+
+    def add(self, stream: str, subject: Optional[str]) -> None:
+        c = self.counts.setdefault(stream, Counter())
+        key = subject or OTHER
+        if key not in c and len(c) >= self.cap:
+            key = OTHER
+        c[key] += 1
+
+    def drop(self, stream: str) -> None:
+        self.counts.pop(stream, None)
+
+
+class NodeMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=False)
+        h = dict(registry=self.registry)
+        self.publish_seconds = Histogram("jetstream_publish_seconds", "JetStream publish: arrival to ack",
+                                         buckets=_LATENCY_BUCKETS, **h)
+        self.ack_seconds = Histogram("jetstream_ack_seconds", "consumer ack: arrival to applied",
+                                     buckets=_LATENCY_BUCKETS, **h)
+        self.commit_seconds = Histogram("raftbroker_entry_commit_seconds",
+                                        "one group-commit entry: proposed to applied on this node",
+                                        buckets=_LATENCY_BUCKETS, **h)
+        self.entry_commands = Histogram("raftbroker_entry_commands", "commands per group-commit entry",
+                                        buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500), **h)
+        self.fsync_seconds = Histogram("raftbroker_fsync_seconds", "Raft log fdatasync latency",
+                                       buckets=_LATENCY_BUCKETS, **h)
+        self.published = SubjectCounts()
+        self.consumed: Counter = Counter()        # (stream, consumer, status) -> acks seen here
+        self.leader_changes = 0
+        self._state = None
+        self.registry.register(_StateCollector(self))
+
+    def published_one(self, stream: str, subject: str, seconds: float) -> None:
+        """A publish this node took and acked (counted where it arrived, so the cluster's
+        total is the sum over nodes, as with nats-server's per-server counters)."""
+        self.published.add(stream, subject)
+        self.publish_seconds.observe(seconds)
+
+    def on_events(self, events) -> None:
+        for ev in events:
+            if ev.kind == "stream_deleted":
+                self.published.drop(ev.stream)
+
+    def render(self, state: "ScrapeState") -> bytes:
+        """The text exposition, with `state` (read just now from the node) as the gauges."""
+        self._state = state
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._state = None
+
+
+class ScrapeState:
+    """What a scrape reads from the node: streams with their consumers, and Raft status."""
+
+    def __init__(self, server_name: str, is_leader: bool, streams: list, raft: Optional[dict],
+                 proposals_queued: int):
+        self.server_name = server_name
+        self.is_leader = is_leader
+        self.streams = streams            # [(StreamInfo, [ConsumerInfo])]
+        self.raft = raft
+        self.proposals_queued = proposals_queued
+
+
+def _gauge(name, doc, labels):
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+class _StateCollector:
+    def __init__(self, metrics: NodeMetrics):
+        self.m = metrics
+
+    def collect(self):
+        m, st = self.m, self.m._state
+        yield from self._counters(m)
+        if st is None:
+            return
+        yield from self._streams(st)
+        yield from self._raft(st)
+
+    def _counters(self, m: NodeMetrics):
+        pub = CounterMetricFamily("jetstream_messages_published", "messages this node took and stored, by stream and subject",
+                                  labels=["stream", "subject"])
+        for stream, c in sorted(m.published.counts.items()):
+            for subject, n in sorted(c.items()):
+                pub.add_metric([stream, subject], n)
+        yield pub
+        con = CounterMetricFamily("jetstream_messages_consumed", "acks received on this node, by status",
+                                  labels=["stream", "consumer", "status"])
+        for (stream, consumer, status), n in sorted(m.consumed.items()):
+            con.add_metric([stream, consumer, status], n)
+        yield con
+
+    def _streams(self, st: ScrapeState):
+        leader = "true" if st.is_leader else "false"
+        sl = ["server_name", "stream_name", "stream_leader", "is_stream_leader"]
+        cl = sl + ["consumer_name"]
+        g = {n: _gauge(n, d, sl) for n, d in (
+            ("jetstream_stream_total_messages", "messages in the stream"),
+            ("jetstream_stream_total_bytes", "bytes in the stream"),
+            ("jetstream_stream_first_seq", "first sequence"),
+            ("jetstream_stream_last_seq", "last sequence"),
+            ("jetstream_stream_consumer_count", "consumers on the stream"))}
+        c = {n: _gauge(n, d, cl) for n, d in (
+            ("jetstream_consumer_num_pending", "messages not yet delivered"),
+            ("jetstream_consumer_num_ack_pending", "delivered, not yet acked"),
+            ("jetstream_consumer_num_redelivered", "messages redelivered"),
+            ("jetstream_consumer_num_waiting", "waiting pull requests"),
+            ("jetstream_consumer_delivered_stream_seq", "last delivered stream sequence"),
+            ("jetstream_consumer_ack_floor_stream_seq", "ack floor stream sequence"))}
+        seeds_stream = _gauge("jetstream_stream_messages", "messages in the stream (seeds' name)", ["stream"])
+        seeds_pending = _gauge("jetstream_consumer_pending_messages", "pending messages (seeds' name)",
+                               ["stream", "consumer"])
+        ack_pending = _gauge("nats_consumer_ack_pending", "delivered, not yet acked", ["stream", "consumer"])
+        redelivered = CounterMetricFamily("nats_consumer_redelivered", "messages redelivered",
+                                          labels=["stream", "consumer"])
+        for info, consumers in st.streams:
+            name, s = info.config.name, info.state
+            lead = info.cluster.leader if info.cluster and info.cluster.leader else st.server_name
+            base = [st.server_name, name, lead, leader]
+            for key, v in (("jetstream_stream_total_messages", s.messages), ("jetstream_stream_total_bytes", s.bytes),
+                           ("jetstream_stream_first_seq", s.first_seq), ("jetstream_stream_last_seq", s.last_seq),
+                           ("jetstream_stream_consumer_count", s.consumer_count)):
+                g[key].add_metric(base, v)
+            seeds_stream.add_metric([name], s.messages)
+            for ci in consumers:
+                lab = base + [ci.name]
+                for key, v in (("jetstream_consumer_num_pending", ci.num_pending),
+                               ("jetstream_consumer_num_ack_pending", ci.num_ack_pending),
+                               ("jetstream_consumer_num_redelivered", ci.num_redelivered),
+                               ("jetstream_consumer_num_waiting", ci.num_waiting),
+                               ("jetstream_consumer_delivered_stream_seq", ci.delivered.stream_seq),
+                               ("jetstream_consumer_ack_floor_stream_seq", ci.ack_floor.stream_seq)):
+                    c[key].add_metric(lab, v)
+                seeds_pending.add_metric([name, ci.name], ci.num_pending)
+                ack_pending.add_metric([name, ci.name], ci.num_ack_pending)
+                redelivered.add_metric([name, ci.name], ci.num_redelivered)
+        yield from g.values()
+        yield from c.values()
+        yield from (seeds_stream, seeds_pending, ack_pending, redelivered)
+
+    def _raft(self, st: ScrapeState):
+        q = _gauge("raftbroker_proposals_queued", "commands waiting for the next entry", ["server_name"])
+        q.add_metric([st.server_name], st.proposals_queued)
+        yield q
+        r = st.raft
+        if r is None:
+            return
+        lab = ["server_name"]
+        for name, doc, v in (("raftbroker_raft_term", "current Raft term", r["term"]),
+                             ("raftbroker_raft_commit_index", "commit index", r["commit_index"]),
+                             ("raftbroker_raft_applied_index", "applied index", r["applied_index"]),
+                             ("raftbroker_raft_is_leader", "1 on the leader", 1 if r["role"] == "leader" else 0),
+                             ("raftbroker_raft_log_entries", "entries in the in-memory Raft log", r["log_len"])):
+            g = _gauge(name, doc, lab)
+            g.add_metric([st.server_name], v)
+            yield g
+        for name, doc in (("raftbroker_raft_leader_changes", "leader changes seen by this node"),
+                          ("raftbroker_raft_elections", "elections this node started"),
+                          ("raftbroker_raft_snapshots_taken", "snapshots this node wrote"),
+                          ("raftbroker_raft_snapshots_installed", "snapshots this node installed from a leader")):
+            key = name.removeprefix("raftbroker_raft_")
+            cm = CounterMetricFamily(name, doc, labels=lab)
+            cm.add_metric([st.server_name], r.get(key, 0))
+            yield cm
+        lag = _gauge("raftbroker_raft_peer_lag", "entries a peer is behind (on the leader)", ["server_name", "peer"])
+        contact = _gauge("raftbroker_raft_peer_last_contact_seconds", "since the leader last heard from a peer",
+                         ["server_name", "peer"])
+        for m in r["members"]:
+            if "lag" in m:
+                lag.add_metric([st.server_name, m["name"]], m["lag"])
+                if m.get("last_contact_s") is not None:
+                    contact.add_metric([st.server_name, m["name"]], m["last_contact_s"])
+        yield lag
+        yield contact
