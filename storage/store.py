@@ -433,7 +433,7 @@ class Store:
         if payload > self.options.max_payload or (cfg.max_msg_size >= 0 and payload > cfg.max_msg_size):
             raise MessageSizeExceedsError()
         if cfg.discard == "new":
-            self._check_discard_new(st, tx, subject, msg_size(subject, headers, data))
+            self._check_discard_new(st, tx, subject, msg_size(subject, headers, data, cfg.storage))
         part.touched.add(cfg.name)
         if cfg.retention == "interest" and not any(c.matches(subject) for c in st.consumers.values()):
             # No consumer would ever ack it: JetStream does not keep it, but the

@@ -29,9 +29,14 @@ def header_len(headers: Optional[dict]) -> int:
     return n
 
 
-def msg_size(subject: str, headers: Optional[dict], data: bytes) -> int:
-    # JetStream's memStoreMsgSize: the 16 stands for the stored sequence and timestamp.
-    return len(subject) + header_len(headers) + len(data) + 16
+def msg_size(subject: str, headers: Optional[dict], data: bytes, storage: str) -> int:
+    """What JetStream counts a stored message as, so `bytes` and `max_bytes` agree with it:
+    memStoreMsgSize (16 for sequence and timestamp) or fileStoreMsgSize (record length,
+    sequence, timestamp, subject length and hash: 30, plus 4 for the header length)."""
+    hlen = header_len(headers)
+    if storage == "memory":
+        return len(subject) + hlen + len(data) + 16
+    return 30 + len(subject) + (4 + hlen if hlen else 0) + len(data)
 
 
 def pack_msg(subject: str, headers: Optional[dict], data: bytes, ts: int) -> bytes:
@@ -152,7 +157,7 @@ class StreamRec:
             self.first_seq = seq
             self.first_ts = ts
         self.msgs += 1
-        self.bytes += msg_size(subject, headers, data)
+        self.bytes += msg_size(subject, headers, data, self.config.storage)
         self.dirty = True
         return seq
 
@@ -180,7 +185,7 @@ class StreamRec:
             self.num_subjects -= 1
         self._set_subject_count(tx, subject, n)
         self.msgs -= 1
-        self.bytes -= msg_size(subject, headers, data)
+        self.bytes -= msg_size(subject, headers, data, self.config.storage)
         if self.msgs == 0:
             self.first_seq = self.last_seq + 1
             self.first_ts = 0

@@ -40,13 +40,16 @@ DUP_WINDOW_S = 120
 CONSUMERS = {"c_all": None, "c_a": "m.a", "c_b": "m.b"}
 
 
-def wire_size(subject: str, headers: Optional[dict], data: bytes) -> int:
+def wire_size(subject: str, headers: Optional[dict], data: bytes, storage: str) -> int:
     # JetStream's stored size: subject + headers in NATS wire form
-    # ("NATS/1.0\r\n" + "K: V\r\n"... + "\r\n") + payload + 16 (seq and timestamp).
+    # ("NATS/1.0\r\n" + "K: V\r\n"... + "\r\n") + payload, plus memStoreMsgSize's 16
+    # (seq and timestamp) or fileStoreMsgSize's 30 (+4 with headers).
     hdr = 0
     if headers:
         hdr = len("NATS/1.0\r\n") + sum(len(f"{k}: {v}\r\n") for k, v in headers.items()) + len("\r\n")
-    return len(subject) + hdr + len(data) + 16
+    if storage == "memory":
+        return len(subject) + hdr + len(data) + 16
+    return len(subject) + (hdr + 4 if hdr else 0) + len(data) + 30
 
 
 @dataclass
@@ -56,9 +59,6 @@ class MMsg:
     data: bytes
     ts: int
 
-    @property
-    def size(self) -> int:
-        return wire_size(self.subject, self.headers, self.data)
 
 
 class MConsumer:
@@ -74,7 +74,8 @@ class MConsumer:
 
 
 class Model:
-    def __init__(self):
+    def __init__(self, storage: str):
+        self.storage = storage
         self.msgs: dict[int, MMsg] = {}
         self.last_seq = 0
         self.last_ts = 0
@@ -93,7 +94,7 @@ class Model:
 
     @property
     def bytes(self) -> int:
-        return sum(m.size for m in self.msgs.values())
+        return sum(wire_size(m.subject, m.headers, m.data, self.storage) for m in self.msgs.values())
 
     def subject_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -229,7 +230,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.index = self.store.applied_index
         self.now = T0
         self.journal: list[Entry] = []
-        self.model = Model()
+        self.model = Model(self.storage)
         r = self.apply1(AddStream(self.stream_config()))
         assert not isinstance(r, JSError), r
         for name in ("c_all", "c_a"):

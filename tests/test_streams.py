@@ -348,7 +348,7 @@ def test_max_msgs_with_discard_old_evicts_the_oldest(engine, storage_type):
 
 
 def test_max_bytes_with_discard_old_evicts_the_oldest(engine, storage_type):
-    size = msg_size("s.a", None, b"0123456789")
+    size = msg_size("s.a", None, b"0123456789", storage_type)
     add(engine, storage=storage_type, max_bytes=3 * size)
     for _ in range(5):
         pub(engine, "s.a", b"0123456789")
@@ -444,7 +444,7 @@ def test_discard_new_max_msgs_rejects_with_10077_maximum_messages_exceeded(engin
 
 
 def test_discard_new_max_bytes_rejects_with_10077_maximum_bytes_exceeded(engine, storage_type):
-    size = msg_size("s.a", None, b"0123456789")
+    size = msg_size("s.a", None, b"0123456789", storage_type)
     add(engine, storage=storage_type, max_bytes=3 * size + size // 2, discard="new")
     for _ in range(3):
         pub(engine, "s.a", b"0123456789")
@@ -808,7 +808,7 @@ def test_stream_info_state_fields(engine, storage_type):
     pub(engine, "s.c", b"1")
     engine.apply(DeleteMsg("S", 2))
     st = state(engine)
-    expected_bytes = msg_size("s.a", None, b"12345") + 2 * msg_size("s.a", None, b"1")
+    expected_bytes = msg_size("s.a", None, b"12345", storage_type) + 2 * msg_size("s.a", None, b"1", storage_type)
     assert st.to_dict() == dict(messages=3, bytes=expected_bytes, first_seq=1, first_ts=t0, last_seq=4,
                                 last_ts=t2, num_subjects=2, num_deleted=1, consumer_count=1)
 
@@ -872,7 +872,7 @@ def test_update_lowering_max_bytes_and_max_msgs_per_subject_trims_the_oldest(eng
         pub(engine, s, b"0123456789")
     update(engine, storage=storage_type, max_msgs_per_subject=1)
     assert seqs(engine) == [3, 5]
-    size = msg_size("s.a", None, b"0123456789")
+    size = msg_size("s.a", None, b"0123456789", storage_type)
     info = update(engine, storage=storage_type, max_msgs_per_subject=1, max_bytes=size)
     assert (info.state.messages, info.state.bytes, info.state.first_seq) == (1, size, 5)
 

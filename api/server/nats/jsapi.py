@@ -144,13 +144,13 @@ class JetStreamApi:
         return self._stream_reply(info, "stream_info_response")
 
     async def stream_names(self, args, body):
-        subject = body.get("subject")
+        subject = body.get("subject") or None     # "" lists every stream, as nats-server does
         names = await self.service.read_fresh(lambda s: s.stream_names(subject))
         page, meta = _page(names, body, NAMES_LIMIT)
         return {"type": "io.nats.jetstream.api.v1.stream_names_response", **meta, "streams": page}
 
     async def stream_list(self, args, body):
-        subject = body.get("subject")
+        subject = body.get("subject") or None     # "" lists every stream, as nats-server does
         infos = await self.service.read_fresh(lambda s: [s.stream_info(n) for n in s.stream_names(subject)])
         page, meta = _page(infos, body, LIST_LIMIT)
         cluster = self._cluster()

@@ -4,6 +4,7 @@ subject as reply, and the request ends with the status lines nats-server sends
 (404 No Messages, 408 Request Timeout, 409 ...), which nats-py's fetch relies on."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Optional
@@ -62,6 +63,7 @@ class PullRequests:
         if heartbeat_s and expires_s and heartbeat_s * 2 > expires_s:
             self._status(reply, "400", "Bad Request - heartbeat value too large")
             return
+        beat = asyncio.get_running_loop().create_task(self._heartbeats(reply, heartbeat_s)) if heartbeat_s else None
         try:
             await self._serve(conn, reply, stream, consumer, batch, expires_s, max_bytes, no_wait)
         except MaxWaitingError:
@@ -70,17 +72,28 @@ class PullRequests:
             self._status(reply, "409", "Consumer Deleted")
         except JSError as e:
             self._status(reply, str(e.code), e.description)
+        finally:
+            if beat is not None:
+                beat.cancel()
+
+    async def _heartbeats(self, reply: str, every_s: float) -> None:
+        """`100 Idle Heartbeat` while the request waits: it tells nats-py the request is
+        alive (a fetch that saw one ends in FetchTimeoutError, not a bare timeout)."""
+        while True:
+            await asyncio.sleep(every_s)
+            self._status(reply, "100", "Idle Heartbeat")
 
     async def _serve(self, conn, reply, stream, consumer, batch, expires_s, max_bytes, no_wait) -> None:
         fetch = self.service.fetch
+        remaining = batch
         if no_wait:
             msgs = await fetch(stream, consumer, batch, 0, True, max_bytes, conn.hot_fetch, conn)
             self._deliver(reply, msgs)
+            remaining -= len(msgs)
             if msgs or not expires_s:
-                if len(msgs) < batch:
+                if remaining > 0:
                     self._status(reply, "404", "No Messages")
                 return
-        remaining = batch
         deadline = time.monotonic() + (expires_s or MAX_WAIT_S)
         while remaining > 0 and not conn.closed:
             left = deadline - time.monotonic()
@@ -91,6 +104,17 @@ class PullRequests:
                 break
             self._deliver(reply, msgs)
             remaining -= len(msgs)
+            if no_wait:
+                # no_wait with expires waits for the first messages only, then ends as soon
+                # as nothing more is there (nats-server's behaviour, which nats-py's fetch
+                # relies on to return at once).
+                more = await fetch(stream, consumer, remaining, 0, True, max_bytes, conn.hot_fetch, conn) \
+                    if remaining else []
+                self._deliver(reply, more)
+                remaining -= len(more)
+                if remaining:
+                    self._status(reply, "404", "No Messages")
+                return
         if remaining > 0 and not conn.closed:
             self._status(reply, "408", "Request Timeout",
                          {"Nats-Pending-Messages": str(remaining), "Nats-Pending-Bytes": "0"})
