@@ -58,6 +58,11 @@ def main(argv=None) -> int:
     p.add_argument("--token", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cluster_cmd)
+    from . import bench, consumer, msgs, stream
+    stream.add_parser(sub)
+    consumer.add_parser(sub)
+    msgs.add_parsers(sub)
+    bench.add_parser(sub)
     from chaos.cli import add_run_arguments, run_command
     p = sub.add_parser("chaos", help="the chaos suite: run a cluster under faults and check the history")
     csub = p.add_subparsers(dest="chaos_cmd", required=True)
