@@ -217,7 +217,7 @@ async def bench(nc, args):
             shared["consumer"] = args.consumer
         if kind in ("sub", "js consume"):
             subject = args.subject if kind == "sub" else cfg.deliver_subject
-            queue = cfg.deliver_group or "" if kind == "js consume" else ""
+            queue = (cfg.deliver_group or "") if kind == "js consume" else ""
             shared["subs"] = {id(c): await c.subscribe(subject, queue=queue) for c in conns}
             print(f"Subscribed on {subject} with {args.clients} client(s), waiting for messages",
                   file=sys.stderr, flush=True)
