@@ -49,12 +49,25 @@ class ClusterInfo(Base):
 
 
 @dataclass
+class StreamSourceInfo(Base):
+    """How far a mirror or a source lags its origin (JetStream's StreamSourceInfo)."""
+    name: str
+    lag: int = 0                    # messages behind the origin
+    active: Optional[int] = None    # ns since the last contact with the origin
+    filter_subject: Optional[str] = None
+    error: Optional[dict] = None    # the origin's last error, as {code, err_code, description}
+
+
+@dataclass
 class StreamInfo(Base):
-    _nested = {"config": StreamConfig, "state": StreamState, "cluster": ClusterInfo}
+    _nested = {"config": StreamConfig, "state": StreamState, "cluster": ClusterInfo,
+               "mirror": StreamSourceInfo, "sources": StreamSourceInfo}
     config: StreamConfig
     state: StreamState
     created: int = 0         # unix ns
     cluster: Optional[ClusterInfo] = None
+    mirror: Optional[StreamSourceInfo] = None
+    sources: Optional[list[StreamSourceInfo]] = None
     ts: int = 0
 
 

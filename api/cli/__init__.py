@@ -28,11 +28,6 @@ def up(args) -> int:
     return run(args)
 
 
-def cluster_cmd(args) -> int:
-    from .cluster import cluster_cmd as run
-    return run(args)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="raftbroker", description="raftbroker message broker")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -51,13 +46,12 @@ def main(argv=None) -> int:
     p.add_argument("--http-port", type=int, default=8222, help="first node's HTTP port; node i uses it + i")
     p.add_argument("--raft-port", type=int, default=6222, help="first node's Raft port; node i uses it + i")
     p.set_defaults(func=up)
-    p = sub.add_parser("cluster", help="cluster administration: status | add-peer | remove-peer | step-down")
-    p.add_argument("action", choices=["status", "add-peer", "remove-peer", "step-down"])
-    p.add_argument("peer", nargs="?", help="Raft address HOST:PORT (add-peer, remove-peer)")
-    p.add_argument("--server", default="127.0.0.1:4222,127.0.0.1:4223,127.0.0.1:4224")
-    p.add_argument("--token", default=None)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cluster_cmd)
+    from . import bench, cluster, consumer, msgs, stream
+    cluster.add_parser(sub)
+    stream.add_parser(sub)
+    consumer.add_parser(sub)
+    msgs.add_parsers(sub)
+    bench.add_parser(sub)
     from chaos.cli import add_run_arguments, run_command
     p = sub.add_parser("chaos", help="the chaos suite: run a cluster under faults and check the history")
     csub = p.add_subparsers(dest="chaos_cmd", required=True)
