@@ -202,7 +202,14 @@ class Cluster:
                 time.sleep(0.1)
         if pending:
             raise TimeoutError(f"nodes {[self.nodes[i].name for i in pending]} not healthy: "
-                               f"{[self.healthz(self.nodes[i]) if self.nodes[i].alive else 'dead' for i in pending]}")
+                               f"{[self.healthz(self.nodes[i]) if self.nodes[i].alive else self.death(i) for i in pending]}")
+
+    def death(self, i: int) -> str:
+        """Why a node is not running: its exit code and, when it refused its state, the reason."""
+        node = self.nodes[i]
+        code = node.proc.poll() if node.proc is not None else None
+        refusal = [ln for ln in self.log(node).splitlines() if "refusing to start:" in ln] if node.proc else []
+        return f"dead (exit {code})" + (f": {refusal[-1].split('refusing to start:', 1)[1].strip()}" if refusal else "")
 
     def _healthy(self, i: int) -> bool:
         try:

@@ -185,3 +185,55 @@ async def test_token_auth_is_required_when_configured(tmp_path):
         await c.close()
     finally:
         s.stop()
+
+
+async def test_direct_get_answers_for_allow_direct_streams_and_no_one_else(nc):
+    js, jsm = nc.jetstream(), nc.jsm()
+    await jsm.add_stream(name="D", subjects=["d.>"], allow_direct=True)
+    await jsm.add_stream(name="PLAIN", subjects=["p.>"])
+    for i in range(3):
+        await js.publish(f"d.{i % 2}", f"m{i}".encode(), headers={"K": str(i)})
+    by_seq = await jsm.get_msg("D", seq=2, direct=True)
+    assert (by_seq.subject, by_seq.seq, by_seq.data, by_seq.headers["K"]) == ("d.1", 2, b"m1", "1")
+    assert by_seq.time is not None
+    last = await jsm.get_msg("D", subject="d.0", direct=True)
+    assert (last.seq, last.data) == (3, b"m2")
+    nxt = await jsm.get_msg("D", seq=2, subject="d.0", next=True, direct=True)
+    assert nxt.seq == 3
+    with pytest.raises(NotFoundError):
+        await jsm.get_msg("D", seq=99, direct=True)
+    for stream in ("NONE", "PLAIN"):      # nobody serves DIRECT.GET for these
+        with pytest.raises(NoRespondersError):
+            await jsm.get_msg(stream, seq=1, direct=True)
+
+
+async def test_stream_info_lists_subject_counts_only_when_asked(nc):
+    js, jsm = nc.jetstream(), nc.jsm()
+    await jsm.add_stream(name="S", subjects=["s.>"])
+    for i in range(5):
+        await js.publish(f"s.{i % 3}", b"x")
+    assert (await jsm.stream_info("S", subjects_filter=">")).state.subjects == {"s.0": 2, "s.1": 2, "s.2": 1}
+    assert (await jsm.stream_info("S", subjects_filter="s.1")).state.subjects == {"s.1": 2}
+    assert (await jsm.stream_info("S", subjects_filter="nope")).state.subjects is None
+    assert (await jsm.stream_info("S")).state.subjects is None
+
+
+async def test_api_requests_are_seen_by_core_subscribers(nc):
+    jsm = nc.jsm()
+    watch = await nc.subscribe("$JS.API.CONSUMER.>")
+    await jsm.add_stream(name="W", subjects=["w"])
+    await jsm.add_consumer("W", name="c1", ack_policy="explicit")
+    seen = await watch.next_msg(timeout=2)
+    assert seen.subject == "$JS.API.CONSUMER.CREATE.W.c1"
+
+
+async def test_a_pull_whose_inbox_lost_its_subscriber_takes_nothing(nc):
+    js = nc.jetstream()
+    await js.add_stream(name="U", subjects=["u"])
+    sub = await js.pull_subscribe("u", "dur")
+    await js.publish("u", b"one")
+    await sub.unsubscribe()
+    with pytest.raises(NatsTimeout):
+        await sub.fetch(1, timeout=1)      # the request goes to an inbox nobody listens on
+    info = await js.consumer_info("U", "dur")
+    assert (info.num_pending, info.num_ack_pending, info.delivered.stream_seq) == (1, 0, 0)

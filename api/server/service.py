@@ -201,6 +201,10 @@ class JetStreamService:
         was_hot = key in hot
         try:
             while True:
+                # Nobody to hear the answer (connection closed, or for NATS the reply inbox
+                # lost its subscriber): stop before marking messages delivered to no one.
+                if conn.closed:
+                    return []
                 if was_hot:
                     was_hot, ready = False, True
                 else:
@@ -216,9 +220,7 @@ class JetStreamService:
                     if msgs:
                         return msgs
                 remaining = deadline - time.monotonic()
-                # A closed connection cannot receive the answer: stop waiting (and free the
-                # max_waiting slot) instead of long-polling for nobody until `expires`.
-                if no_wait or remaining <= 0 or conn.closed:
+                if no_wait or remaining <= 0:
                     return []
                 if not waiting:
                     cfg = (await self.read(lambda s: s.consumer_info(stream, consumer))).config

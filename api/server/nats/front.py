@@ -35,6 +35,7 @@ log = logging.getLogger("raftbroker.nats")
 
 ACK_PREFIX = "$JS.ACK."
 FC_PREFIX = "$JS.FC."
+DIRECT_GET = API_PREFIX + "DIRECT.GET."
 _client_ids = itertools.count(1)
 
 
@@ -69,6 +70,7 @@ class StreamSubjects:
     def __init__(self, service: JetStreamService):
         self.service = service
         self.patterns: list[str] = []
+        self.direct: frozenset[str] = frozenset()     # streams that answer DIRECT.GET (allow_direct)
         self._refreshing = False
         service.node.add_listener(self._on_events)
 
@@ -77,9 +79,11 @@ class StreamSubjects:
 
     async def refresh(self) -> None:
         def read(s):
-            return [p for n in s.stream_names() for p in (s.stream_info(n).config.subjects or [])]
+            configs = [s.stream_info(n).config for n in s.stream_names()]
+            return ([p for c in configs for p in (c.subjects or [])],
+                    frozenset(c.name for c in configs if c.allow_direct))
         try:
-            self.patterns = await self.service.read(read)
+            self.patterns, self.direct = await self.service.read(read)
         except JSError:
             pass    # no quorum to read from: keep what we knew; the next tick tries again
 
@@ -370,6 +374,9 @@ class NatsFront:
         if subject.startswith("$JS."):
             if subject.startswith(API_PREFIX):
                 self._js_call(conn, op)
+                # A request is a message like any other: a subscriber to `$JS.API.>` sees it.
+                self._core(conn, subject, op.reply, C.decode_headers(op.headers) if op.headers else None,
+                           op.payload)
                 return
             if subject.startswith(ACK_PREFIX):
                 self._ack(conn, op)
@@ -436,9 +443,26 @@ class NatsFront:
         if op.subject.startswith(API_PREFIX + "CONSUMER.MSG.NEXT."):
             self._spawn(self.pulls.serve(conn, op.subject, op.reply, op.payload))
             return
+        if op.subject.startswith(DIRECT_GET):
+            self._direct_get(conn, op)
+            return
 
         async def run():
             self._reply_json(op.reply, await self.api.handle(op.subject, op.payload))
+        self._spawn(run())
+
+    def _direct_get(self, conn: NatsConnection, op: C.Pub) -> None:
+        """`DIRECT.GET.<stream>[.<subject>]`: answered by streams with allow_direct only;
+        for any other name nobody listens, so the asker hears "no responders"."""
+        stream, _, last_by_subject = op.subject[len(DIRECT_GET):].partition(".")
+        if stream not in self.streams.direct:
+            if op.reply and conn.no_responders:
+                self._reply(op.reply, b"", {"Status": "503"})
+            return
+
+        async def run():
+            headers, data = await self.api.direct_get(stream, last_by_subject, op.payload)
+            self._reply(op.reply, data, headers)
         self._spawn(run())
 
     def _ack(self, conn: NatsConnection, op: C.Pub) -> None:

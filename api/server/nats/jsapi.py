@@ -9,7 +9,8 @@ import secrets
 import string
 from typing import Optional
 
-from jetstream.errors import BadRequestError, JSError, js_error
+from jetstream import subjects as subj
+from jetstream.errors import BadRequestError, JSError, NoMessageFoundError, js_error
 from storage import AddConsumer, AddStream, DeleteConsumer, DeleteMsg, DeleteStream, PurgeStream, UpdateStream
 
 from .codec import encode_headers
@@ -20,6 +21,7 @@ from .jsjson import (
 API_PREFIX = "$JS.API."
 LIST_LIMIT = 256
 NAMES_LIMIT = 1024
+SUBJECTS_LIMIT = 100_000          # subject counts in one stream info answer (nats-server's page)
 _NAME_CHARS = string.ascii_letters + string.digits
 
 
@@ -140,8 +142,21 @@ class JetStreamApi:
 
     async def stream_info(self, args, body):
         name = self._one(args)
-        info = await self.service.read_fresh(lambda s: s.stream_info(name))
-        return self._stream_reply(info, "stream_info_response")
+        pattern = body.get("subjects_filter") or None
+        if pattern is not None and not subj.is_valid_subject(pattern):
+            raise BadRequestError(f"invalid subjects_filter {pattern!r}")
+
+        def read(s):
+            counts = [(k, n) for k, n in s.stream_subjects(name).items() if subj.matches(pattern, k)] \
+                if pattern else []
+            return s.stream_info(name), counts
+        info, counts = await self.service.read_fresh(read)
+        out = self._stream_reply(info, "stream_info_response")
+        if counts:
+            page, meta = _page(sorted(counts), body, SUBJECTS_LIMIT)
+            out["state"]["subjects"] = dict(page)
+            out.update(meta)
+        return out
 
     async def stream_names(self, args, body):
         subject = body.get("subject") or None     # "" lists every stream, as nats-server does
@@ -169,6 +184,24 @@ class JetStreamApi:
         seq, last, nxt = body.get("seq"), body.get("last_by_subj"), body.get("next_by_subj")
         m = await self.service.read_fresh(lambda s: s.get_msg(name, seq, last, nxt))
         return {"type": "io.nats.jetstream.api.v1.stream_msg_get_response", "message": stored_msg_out(m)}
+
+    async def direct_get(self, stream: str, last_by_subject: str, payload: bytes) -> tuple[dict, bytes]:
+        """A DIRECT.GET answer: the message itself with its coordinates as headers, or a
+        status (404 not found, 408 bad request) as nats-server sends."""
+        try:
+            body = {"last_by_subj": last_by_subject} if last_by_subject else _body(payload)
+            if not body:
+                return {"Status": "408", "Description": "Empty Request"}, b""
+            seq, last, nxt = body.get("seq"), body.get("last_by_subj"), body.get("next_by_subj")
+            m = await self.service.read_fresh(lambda s: s.get_msg(stream, seq, last, nxt))
+        except NoMessageFoundError:
+            return {"Status": "404", "Description": "Message Not Found"}, b""
+        except JSError as e:
+            return {"Status": "408" if e.code == 400 else str(e.code), "Description": e.description}, b""
+        headers = dict(m.headers or {})
+        headers.update({"Nats-Stream": m.stream, "Nats-Subject": m.subject, "Nats-Sequence": str(m.seq),
+                        "Nats-Time-Stamp": rfc3339(m.time)})
+        return headers, m.data
 
     async def msg_delete(self, args, body):
         ok = await self.service.propose(DeleteMsg(self._one(args), int(body.get("seq") or 0),

@@ -31,6 +31,24 @@ def parse_request(payload: bytes) -> dict:
     return d
 
 
+class _Requester:
+    """The asker of one pull request, as the service's fetch sees it: gone once its
+    connection closes or nobody is subscribed to the reply inbox any more (nats-server
+    drops such a request rather than hand messages to no one)."""
+    __slots__ = ("conn", "reply", "router")
+
+    def __init__(self, conn, reply: str, router):
+        self.conn, self.reply, self.router = conn, reply, router
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed or not self.router.has_interest(self.reply)
+
+    @property
+    def hot_fetch(self) -> set:
+        return self.conn.hot_fetch
+
+
 class PullRequests:
     def __init__(self, service: JetStreamService):
         self.service = service
@@ -65,7 +83,8 @@ class PullRequests:
             return
         beat = asyncio.get_running_loop().create_task(self._heartbeats(reply, heartbeat_s)) if heartbeat_s else None
         try:
-            await self._serve(conn, reply, stream, consumer, batch, expires_s, max_bytes, no_wait)
+            await self._serve(_Requester(conn, reply, self.service.router), reply, stream, consumer, batch,
+                              expires_s, max_bytes, no_wait)
         except MaxWaitingError:
             self._status(reply, "409", "Exceeded MaxWaiting")
         except (ConsumerNotFoundError, StreamNotFoundError):
