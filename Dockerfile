@@ -29,6 +29,6 @@ VOLUME /data
 ENV RAFTBROKER_DATA=/data
 
 # 4222 clients, 8222 HTTP (/healthz /raftz /digest), 6222 Raft.
-EXPOSE 4222 8222 6222
+EXPOSE 4222 4322 8222 6222
 
 ENTRYPOINT ["raftbroker", "server"]

@@ -18,6 +18,7 @@ import sys
 import time
 import tomllib
 
+import nats
 import pytest
 import yaml   # a dev dependency (pyproject.toml): the compose file is always checked
 
@@ -232,7 +233,7 @@ class ComposeCluster(Cluster):
     verbatim, but for host names, ports and the data directory."""
 
     def __init__(self, root: str, compose: dict):
-        super().__init__(root, n=len(SERVICES), secret=None)
+        super().__init__(root, n=len(SERVICES), secret=None, nats=True)
         self.compose = compose
         self.argv: dict[str, list[str]] = {}
         image_env = dockerfile_env()
@@ -245,7 +246,8 @@ class ComposeCluster(Cluster):
             env = envs[node.name]
             self.addr[node.name] = {_port(env["RAFTBROKER_LISTEN"]): node.client,
                                     _port(env["RAFTBROKER_HTTP"]): node.http,
-                                    _port(env["RAFTBROKER_RAFT"]): node.raft}
+                                    _port(env["RAFTBROKER_RAFT"]): node.raft,
+                                    _port(env["RAFTBROKER_NATS_LISTEN"]): node.nats}
         for node in self.nodes:
             svc = compose["services"][node.name]
             node.env = {k: self.localize(node.name, v, host=k in HOST_SETTINGS)
@@ -326,6 +328,11 @@ async def test_compose_services_form_a_working_cluster(tmp_path, monkeypatch):
         await asyncio.to_thread(cluster.wait_healthy, None, 10)
         for node in cluster.nodes:
             assert _healthcheck_passes(compose, node), f"{node.name}: the compose healthcheck fails"
+            nats_client = await asyncio.wait_for(nats.connect(f"nats://{node.nats}", allow_reconnect=False), 10)
+            try:     # RAFTBROKER_NATS_LISTEN turns the NATS front on
+                assert nats_client._server_info["server_name"] == node.name
+            finally:
+                await nats_client.close()
     except BaseException:
         for node in cluster.nodes:
             if os.path.exists(node.log_path):

@@ -132,11 +132,13 @@ async def test_healthz_options(scenario):
 
 
 async def test_metrics_parse_and_carry_the_dashboards_names(scenario):
+    leader_name = scenario.nodes[scenario.leader()].name
     for node in scenario.nodes:
         status, body = _get(node, "/metrics")
         assert status == 200
         s = _samples(body.decode())
-        assert _value(s, "jetstream_stream_total_messages", stream_name="MON", server_name=node.name) == 100
+        assert _value(s, "jetstream_stream_total_messages", stream_name="MON", server_name=node.name,
+                      stream_leader=leader_name, is_stream_leader=str(node.name == leader_name).lower()) == 100
         assert _value(s, "jetstream_stream_messages", stream="MON") == 100
         assert _value(s, "jetstream_consumer_num_pending", stream_name="MON", consumer_name="C") == 40
         assert _value(s, "jetstream_consumer_num_ack_pending", stream_name="MON", consumer_name="C") == 20

@@ -56,13 +56,13 @@ class Up:
 
     def __init__(self, data: str):
         self.data = data
-        (self.client, self.http, self.raft), held = _reserve_runs(3, NODES)
+        (self.client, self.http, self.raft, self.nats), held = _reserve_runs(4, NODES)
         for s in held:
             s.close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "up", "--nodes", str(NODES), "--data", data,
              "--client-port", str(self.client), "--http-port", str(self.http), "--raft-port", str(self.raft),
-             "--log-level", "warning"],
+             "--nats-port", str(self.nats), "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={k: v for k, v in os.environ.items() if not k.startswith("RAFTBROKER_")})
         self.lines: list[str] = []
@@ -199,6 +199,8 @@ async def test_up_prints_its_nodes_serves_a_cluster_and_ctrl_c_stops_every_node(
         m = up.wait_line(rf"^n{i + 1}: clients (\S+)\s+http (\S+)\s+raft (\S+)\s+data (\S+)", 10)
         assert m.groups() == (clients[i], http[i], f"127.0.0.1:{up.raft + i}", os.path.join(up.data, f"n{i + 1}"))
     up.wait_line(r"^connect with: servers=", 10)
+    nats_urls = [f"nats://127.0.0.1:{up.nats + i}" for i in range(NODES)]
+    assert up.wait_line(r"^nats-py: nats.connect\(servers=(.*)\)$", 10).group(1) == repr(nats_urls)
     up.find_children()
 
     await asyncio.to_thread(_wait_leader, http, 20)

@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--client-port", type=int, default=4222, help="first node's client port; node i uses it + i")
     p.add_argument("--http-port", type=int, default=8222, help="first node's HTTP port; node i uses it + i")
     p.add_argument("--raft-port", type=int, default=6222, help="first node's Raft port; node i uses it + i")
+    p.add_argument("--nats-port", type=int, default=4322,
+                   help="first node's NATS-protocol port; node i uses it + i; 0 turns NATS off")
     p.set_defaults(func=up)
     from . import bench, cluster, consumer, msgs, stream
     cluster.add_parser(sub)

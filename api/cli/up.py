@@ -10,11 +10,12 @@ import time
 
 def up(args) -> int:
     """A local cluster of child processes on 127.0.0.1, stopped together on Ctrl-C
-    or SIGTERM. Node i (from 0) uses the base ports + i: clients, HTTP and Raft."""
+    or SIGTERM. Node i (from 0) uses the base ports + i: clients, NATS, HTTP and Raft."""
     n = args.nodes
     client = [f"127.0.0.1:{args.client_port + i}" for i in range(n)]
     http = [f"127.0.0.1:{args.http_port + i}" for i in range(n)]
     raft = [f"127.0.0.1:{args.raft_port + i}" for i in range(n)]
+    nats = [f"127.0.0.1:{args.nats_port + i}" for i in range(n)] if args.nats_port else []
 
     def on_signal(*_):
         raise KeyboardInterrupt     # `kill` stops the children too, as Ctrl-C does
@@ -32,10 +33,14 @@ def up(args) -> int:
                    "--data", os.path.join(args.data, name), "--listen", client[i],
                    "--http", http[i], "--raft", raft[i], "--peers", ",".join(raft),
                    "--cluster-secret", args.secret, "--bootstrap", "--log-level", args.log_level]
+            if nats:
+                cmd += ["--nats-listen", nats[i]]
             procs.append(subprocess.Popen(cmd))
             print(f"{name}: clients {client[i]}  http {http[i]}  raft {raft[i]}  "
                   f"data {os.path.join(args.data, name)}", flush=True)
         print(f"connect with: servers={client}  (Ctrl-C stops all)", flush=True)
+        if nats:
+            print(f"nats-py: nats.connect(servers={['nats://' + a for a in nats]})", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         failed = True               # a node ended by itself: stop the others

@@ -70,8 +70,8 @@ def make_app(broker) -> web.Application:
 
     async def metrics(_request):
         streams = await node.read(lambda s: _stream_rows(s, True))
-        state = ScrapeState(broker.cfg.name, node.is_leader, streams, node.status() if clustered else None,
-                            node.proposals_queued)
+        state = ScrapeState(broker.cfg.name, node.is_leader, node.leader[0], streams,
+                            node.status() if clustered else None, node.proposals_queued)
         body = broker.service.metrics.render(state)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

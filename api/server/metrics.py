@@ -83,10 +83,11 @@ class NodeMetrics:
 class ScrapeState:
     """What a scrape reads from the node: streams with their consumers, and Raft status."""
 
-    def __init__(self, server_name: str, is_leader: bool, streams: list, raft: Optional[dict],
+    def __init__(self, server_name: str, is_leader: bool, leader: str, streams: list, raft: Optional[dict],
                  proposals_queued: int):
         self.server_name = server_name
         self.is_leader = is_leader
+        self.leader = leader              # every stream's leader is the Raft leader
         self.streams = streams            # [(StreamInfo, [ConsumerInfo])]
         self.raft = raft
         self.proposals_queued = proposals_queued
@@ -146,8 +147,7 @@ class _StateCollector:
                                           labels=["stream", "consumer"])
         for info, consumers in st.streams:
             name, s = info.config.name, info.state
-            lead = info.cluster.leader if info.cluster and info.cluster.leader else st.server_name
-            base = [st.server_name, name, lead, leader]
+            base = [st.server_name, name, st.leader, leader]
             for key, v in (("jetstream_stream_total_messages", s.messages), ("jetstream_stream_total_bytes", s.bytes),
                            ("jetstream_stream_first_seq", s.first_seq), ("jetstream_stream_last_seq", s.last_seq),
                            ("jetstream_stream_consumer_count", s.consumer_count)):
