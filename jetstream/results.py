@@ -58,6 +58,22 @@ class StreamSourceInfo(Base):
     error: Optional[dict] = None    # the origin's last error, as {code, err_code, description}
 
 
+# No node copies into mirrors and sources yet (issue 10). Stream info says so as an
+# error on each origin, as JetStream reports a pipeline that cannot start, rather than a
+# lag of 0 that would look healthy.
+_NOT_COPIED = "mirror and source pipelines are not built yet: nothing is copied from this origin"
+
+
+def origins_not_copied(config) -> tuple[Optional[StreamSourceInfo], Optional[list[StreamSourceInfo]]]:
+    """(mirror, sources) of a stream's StreamInfo while no pipeline copies them."""
+    def info(origin: dict, err_code: int) -> StreamSourceInfo:
+        return StreamSourceInfo(name=origin.get("name", ""), filter_subject=origin.get("filter_subject"),
+                                error={"code": 503, "err_code": err_code, "description": _NOT_COPIED})
+    mirror = info(config.mirror, 10029) if config.mirror else None      # JSMirrorConsumerSetupFailedErrF
+    sources = [info(o, 10045) for o in config.sources] if config.sources else None   # JSSourceConsumerSetupFailedErrF
+    return mirror, sources
+
+
 @dataclass
 class StreamInfo(Base):
     _nested = {"config": StreamConfig, "state": StreamState, "cluster": ClusterInfo,

@@ -34,7 +34,9 @@ from jetstream.errors import (
     StreamPurgeFailedError, StreamRollupFailedError, StreamSealedError, StreamStoreFailedError,
     StreamSubjectOverlapError, WrongLastMsgIDError, WrongLastSequenceError, js_error,
 )
-from jetstream.results import AckResult, ConsumerInfo, PubAck, PurgeResponse, StoredMsg, StreamInfo, StreamState
+from jetstream.results import (
+    AckResult, ConsumerInfo, PubAck, PurgeResponse, StoredMsg, StreamInfo, StreamState, origins_not_copied,
+)
 from .consumer import ConsumerRec
 from .errors import StoreCorruptError
 from .events import Event
@@ -287,10 +289,11 @@ class Store:
             conflicts(self.mem)
 
     def _stream_info(self, st: StreamRec) -> StreamInfo:
+        mirror, sources = origins_not_copied(st.config)
         return StreamInfo(config=st.config, created=st.created, ts=self.file.time_ns, state=StreamState(
             messages=st.msgs, bytes=st.bytes, first_seq=st.first_seq, first_ts=st.first_ts, last_seq=st.last_seq,
             last_ts=st.last_ts, num_subjects=st.num_subjects, num_deleted=st.num_deleted,
-            consumer_count=len(st.consumers)))
+            consumer_count=len(st.consumers)), mirror=mirror, sources=sources)
 
     def _add_stream(self, cmd: AddStream, ctx: _Ctx) -> StreamInfo:
         cfg = normalize_stream_config(cmd.config, self.options.max_replicas)

@@ -4,7 +4,7 @@ import asyncio
 import nats
 import pytest
 from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig, StreamSource
 from nats.js.errors import BadRequestError, NotFoundError
 
 from api.client import connect as rb_connect
@@ -237,3 +237,26 @@ async def test_a_pull_whose_inbox_lost_its_subscriber_takes_nothing(nc):
         await sub.fetch(1, timeout=1)      # the request goes to an inbox nobody listens on
     info = await js.consumer_info("U", "dur")
     assert (info.num_pending, info.num_ack_pending, info.delivered.stream_seq) == (1, 0, 0)
+
+
+async def test_mirror_and_source_streams_report_that_nothing_is_copied(nc, nserver):
+    # Until pipelines exist (issue 10) a mirror must not look like a healthy, empty copy.
+    js = nc.jetstream()
+    await js.add_stream(name="ORIGIN", subjects=["origin.>"])
+    for i in range(3):
+        await js.publish("origin.x", b"%d" % i)
+    await js.add_stream(name="COPY", mirror=StreamSource(name="ORIGIN"))
+    await js.add_stream(name="AGG", sources=[StreamSource(name="ORIGIN"), StreamSource(name="OTHER")])
+    copy = await js.stream_info("COPY")
+    assert copy.state.messages == 0
+    assert copy.mirror.name == "ORIGIN" and copy.mirror.error["err_code"] == 10029
+    agg = await js.stream_info("AGG")
+    assert [(s.name, s.error["err_code"]) for s in agg.sources] == [("ORIGIN", 10045), ("OTHER", 10045)]
+    assert "nothing is copied" in agg.sources[0].error["description"]
+    assert (await js.stream_info("ORIGIN")).mirror is None
+    rb = await rb_connect([nserver.addr], timeout=5)
+    try:
+        info = await rb.jetstream().stream_info("COPY")
+        assert info.mirror.error["code"] == 503 and info.mirror.name == "ORIGIN"
+    finally:
+        await rb.close()

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import string
 from typing import Optional
 
 from jetstream import subjects as subj
-from jetstream.errors import BadRequestError, JSError, NoMessageFoundError, js_error
+from jetstream.errors import BadRequestError, InternalError, JSError, NoMessageFoundError, js_error
 from storage import AddConsumer, AddStream, DeleteConsumer, DeleteMsg, DeleteStream, PurgeStream, UpdateStream
 
 from .codec import encode_headers
 from .jsjson import (
     consumer_config_in, consumer_info_out, rfc3339, stream_config_in, stream_info_out,
 )
+
+log = logging.getLogger("raftbroker.nats")
 
 API_PREFIX = "$JS.API."
 LIST_LIMIT = 256
@@ -84,6 +87,9 @@ class JetStreamApi:
             return error_reply(e)
         except (TypeError, ValueError, KeyError) as e:
             return error_reply(BadRequestError(f"bad request: {e}"))
+        except Exception as e:  # noqa: BLE001 - a bug must cost one request an error, not its reply
+            log.exception("JetStream API %s failed", subject)
+            return error_reply(InternalError(f"internal error: {e}"))
 
     @staticmethod
     def _one(args: list, what: str = "stream") -> str:

@@ -90,6 +90,10 @@ def stream_info_out(info: StreamInfo, cluster=None) -> dict:
     c = _cluster_out(cluster if cluster is not None else info.cluster)
     if c is not None:
         out["cluster"] = c
+    if info.mirror is not None:
+        out["mirror"] = info.mirror.to_dict()
+    if info.sources is not None:
+        out["sources"] = [s.to_dict() for s in info.sources]
     return out
 
 
