@@ -67,7 +67,52 @@ class ReplayPolicy(str, Enum):
 
 
 @dataclass
+class SubjectTransform(Base):
+    src: str = ""
+    dest: str = ""
+
+
+@dataclass
+class ExternalStream(Base):
+    """Where an origin in another cluster is reached. `api`/`deliver` are JetStream's
+    prefixes (kept so a NATS config round-trips); raftbroker reaches the other cluster
+    through its client addresses `servers`, with that cluster's credentials."""
+    api: Optional[str] = None
+    deliver: Optional[str] = None
+    servers: Optional[list] = None
+    token: Optional[str] = None
+    user: Optional[str] = None
+    password: Optional[str] = None
+
+
+@dataclass
+class StreamSource(Base):
+    """One origin of a mirror or a sourcing stream (nats-py's StreamSource)."""
+    _nested = {"subject_transforms": SubjectTransform, "external": ExternalStream}
+    name: str = ""
+    opt_start_seq: Optional[int] = None
+    opt_start_time: Optional[int] = None      # unix ns
+    filter_subject: Optional[str] = None
+    subject_transforms: Optional[list] = None
+    external: Optional[ExternalStream] = None
+
+    @property
+    def filters(self) -> list[str]:
+        if self.subject_transforms:
+            return [t.src for t in self.subject_transforms]
+        return [self.filter_subject] if self.filter_subject else []
+
+    def transform(self, subject: str) -> str:
+        """The subject a copied message is stored under."""
+        for t in self.subject_transforms or []:
+            if subj.matches(t.src, subject):
+                return subj.transform(t.src, t.dest, subject) if t.dest else subject
+        return subject
+
+
+@dataclass
 class StreamConfig(Base):
+    _nested = {"mirror": StreamSource, "sources": StreamSource}
     name: Optional[str] = None
     description: Optional[str] = None
     subjects: Optional[list] = None
@@ -89,8 +134,8 @@ class StreamConfig(Base):
     deny_purge: bool = False
     allow_rollup_hdrs: bool = False
     allow_direct: bool = False
-    mirror: Optional[dict] = None
-    sources: Optional[list] = None
+    mirror: Optional[StreamSource] = None
+    sources: Optional[list] = None           # of StreamSource
     metadata: Optional[dict] = None
 
 
@@ -209,9 +254,10 @@ def normalize_stream_config(cfg: StreamConfig, max_replicas: int = 1) -> StreamC
         raise err("roll-ups require the purge permission")
     if c.sealed:
         raise err("stream configuration for create can not be sealed")
+    _check_origins(c)
     if c.mirror:
         if c.subjects:
-            raise js_error(10034, "stream mirrors can not contain subjects")
+            raise js_error(10034, "stream mirrors can not also contain subjects")
     elif not c.subjects and not c.sources:
         c.subjects = [c.name]
     c.subjects = list(c.subjects or [])
@@ -223,6 +269,48 @@ def normalize_stream_config(cfg: StreamConfig, max_replicas: int = 1) -> StreamC
             if subj.overlaps(a, b):
                 raise err(f"subject {a!r} overlaps with {b!r}")
     return c
+
+
+def _check_origins(c: StreamConfig) -> None:
+    """Mirror and source rules, with JetStream's error codes (checkStreamCfg)."""
+    err = StreamInvalidConfigError
+    c.mirror = StreamSource.from_dict(c.mirror) if c.mirror else None
+    c.sources = [StreamSource.from_dict(s) for s in c.sources] if c.sources else None
+    if c.mirror and c.sources:
+        raise js_error(10031, "stream mirrors can not also contain other sources")
+    if c.mirror and c.mirror.opt_start_seq and c.mirror.opt_start_time:
+        raise js_error(10032, "stream mirrors can not have both start seq and start time configured")
+    if c.mirror and c.mirror.name == c.name:
+        raise err("stream mirror can not be the stream itself")
+    seen = set()
+    for o in ([c.mirror] if c.mirror else []) + (c.sources or []):
+        if not valid_name(o.name):
+            raise js_error(10142 if o is c.mirror else 10141,
+                           "mirrored stream name is invalid" if o is c.mirror else "sourced stream name is invalid")
+        if o.filter_subject and o.subject_transforms:
+            raise err("source can not have both a filter subject and subject transforms")
+        for f in o.filters:
+            if not subj.is_valid_subject(f):
+                raise err(f"invalid source filter subject {f!r}")
+        for t in o.subject_transforms or []:
+            if t.dest and not subj.valid_transform(t.src, t.dest):
+                raise err(f"invalid subject transform destination {t.dest!r}")
+        if o.external and o.external.servers is not None and not (
+                isinstance(o.external.servers, list) and all(isinstance(a, str) and a for a in o.external.servers)):
+            raise err("external servers must be a list of host:port addresses")
+        key = origin_key(o)
+        if key in seen:
+            raise js_error(10140, "duplicate source configuration detected")
+        seen.add(key)
+    if c.sources and c.name in {s.name for s in c.sources if not s.external}:
+        raise err("stream can not source from itself")
+
+
+def origin_key(o: StreamSource) -> str:
+    """How a stream's state names one origin: its name, and for another cluster where."""
+    if o.external and (o.external.servers or o.external.api):
+        return f"{o.name}@{','.join(o.external.servers or []) or o.external.api}"
+    return o.name
 
 
 def sealed_form(c: StreamConfig) -> StreamConfig:
@@ -243,7 +331,8 @@ def check_stream_update(old: StreamConfig, new: StreamConfig) -> StreamConfig:
     if new.max_consumers != old.max_consumers:
         raise err("stream configuration update can not change MaxConsumers")
     if (new.mirror or None) != (old.mirror or None):
-        raise js_error(10055, "stream mirror configuration can not be updated")
+        if new.mirror is not None:   # removing it promotes the mirror to a normal stream
+            raise js_error(10055, "Mirror configuration can not be updated")
     if old.sealed and not new.sealed:
         raise err("stream configuration update can not unseal a sealed stream")
     if old.deny_delete and not new.deny_delete:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .config import ConsumerConfig, StreamConfig
+from .config import ConsumerConfig, ExternalStream, StreamConfig, SubjectTransform
 from .model import Base
 
 
@@ -51,27 +51,14 @@ class ClusterInfo(Base):
 @dataclass
 class StreamSourceInfo(Base):
     """How far a mirror or a source lags its origin (JetStream's StreamSourceInfo)."""
+    _nested = {"subject_transforms": SubjectTransform, "external": ExternalStream}
     name: str
     lag: int = 0                    # messages behind the origin
     active: Optional[int] = None    # ns since the last contact with the origin
     filter_subject: Optional[str] = None
+    subject_transforms: Optional[list] = None
+    external: Optional[ExternalStream] = None
     error: Optional[dict] = None    # the origin's last error, as {code, err_code, description}
-
-
-# No node copies into mirrors and sources yet (issue 10). Stream info says so as an
-# error on each origin, as JetStream reports a pipeline that cannot start, rather than a
-# lag of 0 that would look healthy.
-_NOT_COPIED = "mirror and source pipelines are not built yet: nothing is copied from this origin"
-
-
-def origins_not_copied(config) -> tuple[Optional[StreamSourceInfo], Optional[list[StreamSourceInfo]]]:
-    """(mirror, sources) of a stream's StreamInfo while no pipeline copies them."""
-    def info(origin: dict, err_code: int) -> StreamSourceInfo:
-        return StreamSourceInfo(name=origin.get("name", ""), filter_subject=origin.get("filter_subject"),
-                                error={"code": 503, "err_code": err_code, "description": _NOT_COPIED})
-    mirror = info(config.mirror, 10029) if config.mirror else None      # JSMirrorConsumerSetupFailedErrF
-    sources = [info(o, 10045) for o in config.sources] if config.sources else None   # JSSourceConsumerSetupFailedErrF
-    return mirror, sources
 
 
 @dataclass

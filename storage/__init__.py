@@ -13,7 +13,7 @@ from jetstream.results import (  # noqa: F401
 )
 from .commands import (  # noqa: F401
     ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, Announce, Command, DeleteConsumer, DeleteMsg, DeleteStream, Entry,
-    NextMsgs, Publish, PurgeStream, Sweep, Touch, UpdateStream, decode, encode,
+    AssignSource, NextMsgs, Publish, PurgeStream, SourceCopy, Sweep, Touch, UpdateStream, decode, encode,
 )
 from .errors import StoreCorruptError  # noqa: F401
 from .events import Event  # noqa: F401

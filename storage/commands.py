@@ -154,9 +154,38 @@ class Announce(Command):
     http: str = ""
 
 
+@dataclass
+class SourceCopy(Command):
+    """What a mirror/source pipeline read from one origin, to store in its stream.
+
+    `msgs` are `[origin_seq, subject, headers, data, ts]` in origin order; those at or
+    below the origin's recorded last sequence are dropped, so a replayed batch stores
+    nothing twice. `skip_to` says the origin holds nothing else up to that sequence
+    (deleted or expired there). With no messages the command is the pipeline's report:
+    lag, and the error it meets (origin not found, unreachable, ...) or None."""
+    op: ClassVar[str] = "source.copy"
+    stream: str = ""
+    origin: str = ""                 # origin key (jetstream.config.origin_key)
+    runner: str = ""                 # the node that read these; refused unless it is the assigned one
+    created: int = 0                 # the origin stream's creation time, its identity
+    msgs: list = field(default_factory=list)
+    skip_to: int = 0
+    lag: int = 0
+    error: Optional[dict] = None
+
+
+@dataclass
+class AssignSource(Command):
+    """The leader's choice of the node that runs one origin's pipeline."""
+    op: ClassVar[str] = "source.assign"
+    stream: str = ""
+    origin: str = ""
+    runner: str = ""
+
+
 COMMANDS: dict[str, type[Command]] = {c.op: c for c in [
     AddStream, UpdateStream, DeleteStream, PurgeStream, Publish, DeleteMsg, AddConsumer, DeleteConsumer,
-    NextMsgs, Ack, Touch, Sweep, Announce]}
+    NextMsgs, Ack, Touch, Sweep, Announce, SourceCopy, AssignSource]}
 
 
 def from_wire(item: list) -> Command:

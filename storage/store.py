@@ -19,8 +19,8 @@ import msgpack
 from . import keys as K
 from jetstream import subjects as subj
 from .commands import (
-    ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, Announce, DeleteConsumer, DeleteMsg, DeleteStream, Entry,
-    NextMsgs, Publish, PurgeStream, Sweep, Touch, UpdateStream,
+    ACK, NAK, PROGRESS, TERM, Ack, AddConsumer, AddStream, Announce, AssignSource, DeleteConsumer, DeleteMsg,
+    DeleteStream, Entry, NextMsgs, Publish, PurgeStream, SourceCopy, Sweep, Touch, UpdateStream,
 )
 from jetstream.config import (
     check_consumer_update, check_stream_update, normalize_consumer_config, normalize_stream_config,
@@ -35,8 +35,9 @@ from jetstream.errors import (
     StreamSubjectOverlapError, WrongLastMsgIDError, WrongLastSequenceError, js_error,
 )
 from jetstream.results import (
-    AckResult, ConsumerInfo, PubAck, PurgeResponse, StoredMsg, StreamInfo, StreamState, origins_not_copied,
+    AckResult, ConsumerInfo, PubAck, PurgeResponse, StoredMsg, StreamInfo, StreamState,
 )
+from .origins import MIRROR_ERR, SOURCE_ERR, SOURCE_HEADER, origins_of, source_header, source_infos, sync_origins
 from .consumer import ConsumerRec
 from .errors import StoreCorruptError
 from .events import Event
@@ -108,6 +109,7 @@ class Store:
             PurgeStream: self._purge_stream, Publish: self._publish, DeleteMsg: self._delete_msg,
             AddConsumer: self._add_consumer, DeleteConsumer: self._delete_consumer, NextMsgs: self._next_msgs,
             Ack: self._ack, Touch: self._touch, Sweep: self._sweep, Announce: self._announce,
+            SourceCopy: self._source_copy, AssignSource: self._assign_source,
         }
 
     @classmethod
@@ -289,7 +291,7 @@ class Store:
             conflicts(self.mem)
 
     def _stream_info(self, st: StreamRec) -> StreamInfo:
-        mirror, sources = origins_not_copied(st.config)
+        mirror, sources = source_infos(st.config, st.origins, self.file.time_ns)
         return StreamInfo(config=st.config, created=st.created, ts=self.file.time_ns, state=StreamState(
             messages=st.msgs, bytes=st.bytes, first_seq=st.first_seq, first_ts=st.first_ts, last_seq=st.last_seq,
             last_ts=st.last_ts, num_subjects=st.num_subjects, num_deleted=st.num_deleted,
@@ -319,6 +321,7 @@ class Store:
         self._check_catalog(ctx, new, exclude=st.name)
         old = st.config
         st.config = new
+        sync_origins(st.origins, new)
         st.dirty = True
         self._routes.clear()
         st.enforce_limits(tx)
@@ -429,23 +432,10 @@ class Store:
                     raise StreamRollupFailedError("rollup not permitted")
                 if rollup not in ("sub", "all"):
                     raise StreamRollupFailedError(f"rollup value invalid: {rollup!r}")
-        hlen = header_len(headers)
-        if hlen > MAX_HEADER_BYTES:
-            raise HeaderExceedsMaximumError()
-        payload = hlen + len(data)
-        if payload > self.options.max_payload or (cfg.max_msg_size >= 0 and payload > cfg.max_msg_size):
-            raise MessageSizeExceedsError()
-        if cfg.discard == "new":
-            self._check_discard_new(st, tx, subject, msg_size(subject, headers, data, cfg.storage))
+        self._check_admit(st, tx, subject, headers, data)
         part.touched.add(cfg.name)
-        if cfg.retention == "interest" and not any(c.matches(subject) for c in st.consumers.values()):
-            # No consumer would ever ack it: JetStream does not keep it, but the
-            # sequence is used and the publisher still gets its ack.
-            seq = st.skip(now)
-        else:
-            seq = st.store(tx, subject, headers, data, now)
-            for c in st.consumers.values():
-                c.on_stored(seq, subject)
+        seq, stored = self._store(st, tx, subject, headers, data, now)
+        if stored:
             if rollup == "sub":
                 self._purge(st, tx, subject, None, 1)
             elif rollup == "all":
@@ -457,6 +447,31 @@ class Store:
         ctx.stored[cfg.name] = seq
         return PubAck(cfg.name, seq)
 
+    def _check_admit(self, st: StreamRec, tx: Tx, subject: str, headers: Optional[dict], data: bytes) -> None:
+        """The size and discard-new limits a message must pass to be stored."""
+        cfg = st.config
+        hlen = header_len(headers)
+        if hlen > MAX_HEADER_BYTES:
+            raise HeaderExceedsMaximumError()
+        payload = hlen + len(data)
+        if payload > self.options.max_payload or (cfg.max_msg_size >= 0 and payload > cfg.max_msg_size):
+            raise MessageSizeExceedsError()
+        if cfg.discard == "new":
+            self._check_discard_new(st, tx, subject, msg_size(subject, headers, data, cfg.storage))
+
+    @staticmethod
+    def _store(st: StreamRec, tx: Tx, subject: str, headers: Optional[dict], data: bytes,
+               ts: int) -> tuple[int, bool]:
+        """(sequence, whether the message was kept)."""
+        if st.config.retention == "interest" and not any(c.matches(subject) for c in st.consumers.values()):
+            # No consumer would ever ack it: JetStream does not keep it, but the
+            # sequence is used and the publisher still gets its ack.
+            return st.skip(ts), False
+        seq = st.store(tx, subject, headers, data, ts)
+        for c in st.consumers.values():
+            c.on_stored(seq, subject)
+        return seq, True
+
     def _check_discard_new(self, st: StreamRec, tx: Tx, subject: str, size: int) -> None:
         cfg = st.config
         at_subject_limit = cfg.max_msgs_per_subject > 0 and \
@@ -467,6 +482,72 @@ class Store:
             raise StreamStoreFailedError("maximum messages exceeded")
         if cfg.max_bytes > 0 and st.bytes + size >= cfg.max_bytes:
             raise StreamStoreFailedError("maximum bytes exceeded")
+
+    # == mirrors and sources ==========================================================
+    def _origin(self, ctx: _Ctx, stream: str, origin: str):
+        st, tx = self._stream(ctx, stream)
+        state = st.origins.get(origin)
+        if state is None:
+            raise BadRequestError(f"stream {stream} has no mirror or source {origin!r}")
+        return st, tx, state, origins_of(st.config)[origin]
+
+    def _assign_source(self, cmd: AssignSource, ctx: _Ctx) -> bool:
+        _st, _tx, state, _o = self._origin(ctx, cmd.stream, cmd.origin)
+        state.runner = cmd.runner
+        _st.dirty = True
+        return True
+
+    def _source_copy(self, cmd: SourceCopy, ctx: _Ctx) -> dict:
+        """Store what a pipeline copied; returns the origin's state after it."""
+        st, tx, state, origin = self._origin(ctx, cmd.stream, cmd.origin)
+        err_code = MIRROR_ERR if st.config.mirror else SOURCE_ERR
+        if cmd.runner != state.runner:
+            raise js_error(err_code, f"{cmd.runner or 'this node'} is not the runner of {cmd.origin}'s pipeline "
+                                     f"(it is {state.runner or 'nobody'})", 409)
+        st.dirty = True
+        state.contact = ctx.now
+        if cmd.created and state.created and cmd.created != state.created:
+            state.error = {"code": 409, "err_code": err_code, "description":
+                           f"origin stream {origin.name} was deleted and created again (created {cmd.created}, "
+                           f"was {state.created}): nothing more is copied until the {'mirror' if st.config.mirror else 'source'} "
+                           "is removed and added again"}
+            return state.to_dict()
+        state.created = cmd.created or state.created
+        error = cmd.error
+        part = self._part(st)
+        part.touched.add(st.name)
+        for oseq, subject, headers, data, ts in cmd.msgs:
+            if oseq <= state.last:
+                continue
+            try:
+                if st.config.mirror:
+                    if oseq <= st.last_seq:
+                        raise StreamStoreFailedError(f"mirror is at sequence {st.last_seq}, past origin "
+                                                     f"sequence {oseq}")
+                    st.skip_to(oseq - 1, ts)
+                else:
+                    subject = origin.transform(subject)
+                    headers = dict(headers or {}, **{SOURCE_HEADER: source_header(origin, oseq, subject)})
+                    ts = ctx.now
+                self._check_admit(st, tx, subject, headers, data)
+            except JSError as e:
+                # A limit of this stream (max_msgs with discard new, message size) stops
+                # the copy here, reported, and the pipeline retries from this message.
+                error = {"code": e.code, "err_code": e.err_code, "description": e.description}
+                break
+            seq, stored = self._store(st, tx, subject, headers, data, ts)
+            if stored:
+                st.enforce_limits(tx, subject)
+            ctx.stored[st.name] = seq
+            state.last = oseq
+        else:
+            if cmd.skip_to > state.last:
+                if st.config.mirror:
+                    st.skip_to(cmd.skip_to, ctx.now)
+                state.last = cmd.skip_to
+        state.lag = max(0, cmd.lag)
+        state.error = error
+        return state.to_dict()
 
     # == consumers ====================================================================
     def _add_consumer(self, cmd: AddConsumer, ctx: _Ctx) -> ConsumerInfo:
@@ -590,6 +671,12 @@ class Store:
             self.file.tx.put(K.node_key(cmd.name), msgpack.packb(
                 {"raft": cmd.raft, "client": cmd.client, "http": cmd.http}))
         return True
+
+    def origin_rows(self) -> list[tuple]:
+        """(stream, origin key, StreamSource, is mirror, runner) for every mirror and source."""
+        return [(st.name, key, o, bool(st.config.mirror), st.origins[key].runner)
+                for p in (self.file, self.mem) for st in p.streams.values()
+                for key, o in origins_of(st.config).items() if key in st.origins]
 
     def nodes(self) -> dict[str, dict]:
         """The cluster's node directory: name -> {raft, client, http}."""

@@ -14,6 +14,7 @@ import msgpack
 from . import keys as K
 from jetstream import subjects as subj
 from jetstream.config import StreamConfig, ns
+from .origins import OriginState, sync_origins
 
 SUBJECT_CACHE_MAX = 100_000
 
@@ -50,7 +51,7 @@ def unpack_msg(raw: bytes) -> tuple[str, Optional[dict], bytes, int]:
 class StreamRec:
     __slots__ = ("sid", "config", "created", "first_seq", "last_seq", "msgs", "bytes", "first_ts", "last_ts",
                  "num_subjects", "last_msg_id", "next_cid", "consumers", "dedup", "subj_counts", "dirty",
-                 "storage")
+                 "storage", "origins")
 
     def __init__(self, sid: int, config: StreamConfig, created: int):
         self.sid = sid
@@ -70,6 +71,8 @@ class StreamRec:
         self.subj_counts: dict[str, int] = {}          # cache over the T keys
         self.dirty = True
         self.storage = config.storage
+        self.origins: dict[str, OriginState] = {}      # mirror/source origin key -> its state
+        sync_origins(self.origins, config)
 
     # -- persistence -------------------------------------------------------
     def to_record(self) -> bytes:
@@ -78,6 +81,7 @@ class StreamRec:
             "first_seq": self.first_seq, "last_seq": self.last_seq, "msgs": self.msgs, "bytes": self.bytes,
             "first_ts": self.first_ts, "last_ts": self.last_ts, "num_subjects": self.num_subjects,
             "last_msg_id": self.last_msg_id, "next_cid": self.next_cid,
+            "origins": {k: o.to_dict() for k, o in self.origins.items()},
         }, use_bin_type=True)
 
     @classmethod
@@ -87,6 +91,7 @@ class StreamRec:
         for f in ("first_seq", "last_seq", "msgs", "bytes", "first_ts", "last_ts", "num_subjects",
                   "last_msg_id", "next_cid"):
             setattr(st, f, d[f])
+        st.origins = {k: OriginState.from_dict(o) for k, o in d.get("origins", {}).items()}
         st.dirty = False
         return st
 
@@ -170,6 +175,17 @@ class StreamRec:
             self.first_seq = self.last_seq + 1
         self.dirty = True
         return self.last_seq
+
+    def skip_to(self, seq: int, ts: int) -> None:
+        """Consume every sequence up to `seq` without storing (a mirror keeping its
+        origin's numbering over messages the origin no longer holds)."""
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        self.last_ts = ts
+        if self.msgs == 0:
+            self.first_seq = seq + 1
+        self.dirty = True
 
     def remove_msg(self, tx, seq: int, msg=None) -> bool:
         """Remove one message and keep every counter, index and consumer in step."""

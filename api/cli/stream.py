@@ -244,7 +244,7 @@ def show_info(args, info: StreamInfo, headline: str | None = None) -> None:
         con.print()
         con.print(R.section("Mirror Information:", _origin(c.mirror, info.mirror)))
     for i, src in enumerate(c.sources or []):
-        health = next((h for h in info.sources or [] if h.name == src.get("name")), None)
+        health = next((h for h in info.sources or [] if h.name == src.name), None)
         con.print()
         con.print(R.section("Source Information:" if i == 0 else "", _origin(src, health)))
     con.print()
@@ -259,9 +259,12 @@ def show_info(args, info: StreamInfo, headline: str | None = None) -> None:
     ]))
 
 
-def _origin(cfg: dict, health) -> list[tuple[str, object]]:
-    """A mirror's or source's configuration and, when the server reports it, its health."""
-    rows = [("Stream Name", cfg.get("name")), ("Filter", cfg.get("filter_subject"))]
+def _origin(cfg, health) -> list[tuple[str, object]]:
+    """A mirror's or source's configuration (a StreamSource) and, when the server reports it, its health."""
+    transforms = ", ".join(f"{t.src} → {t.dest}" for t in cfg.subject_transforms or []) or None
+    where = ", ".join(cfg.external.servers or []) or cfg.external.api if cfg.external else None
+    rows = [("Stream Name", cfg.name), ("Filter", cfg.filter_subject), ("Subject Transforms", transforms),
+            ("External", where)]
     if health is None:
         return rows + [("Health", "not reported by the server")]
     rows += [("Lag", f"{health.lag:,}"),

@@ -1,5 +1,5 @@
 """One raftbroker node, assembled in one place: the store, the Raft (or single) node that
-applies to it, and every front that serves it (the binary RPC, HTTP; later NATS and the
+applies to it, and every front that serves it (the binary RPC, HTTP, NATS, the
 mirror/source pipelines), with one start and one ordered stop.
 
 A front is anything with `async start()` and `async stop()` that serves the node through
@@ -107,10 +107,20 @@ class Broker:
                 host=nhost, port=nport, server_name=cfg.name, token=cfg.token or None, user=cfg.user or None,
                 password=cfg.password or None, max_payload=min(max_payload, CLUSTER_MAX_PAYLOAD)))
             self._fronts.append(self.nats)
+        from cluster.pipelines import Pipelines
+        self.pipelines = Pipelines(self.node, self._client_servers, {
+            "token": cfg.token or None, "user": cfg.user or None, "password": cfg.password or None})
+        self._fronts.append(self.pipelines)
         if cfg.http:
             self._fronts.append(HttpFront(self, cfg.http))
         self._started: list[Front] = []
         self._node_started = False
+
+    async def _client_servers(self) -> list[str]:
+        """This cluster's client addresses, this node's first (a pipeline's way in)."""
+        own = f"{self.rpc.config.host}:{self.rpc.port}"
+        directory = await self.node.read(lambda s: s.nodes())
+        return [own] + sorted({d["client"] for d in directory.values() if d.get("client")} - {own})
 
     async def start(self) -> None:
         self.node.start()

@@ -18,7 +18,8 @@ from jetstream.errors import BadRequestError, JSError, NotLeaderError
 from jetstream.results import DeliveredMsg
 from jetstream.subjects import is_valid_subject
 from storage import (
-    Ack, AddConsumer, AddStream, DeleteConsumer, DeleteMsg, DeleteStream, Publish, PurgeStream, UpdateStream,
+    Ack, AddConsumer, AddStream, DeleteConsumer, DeleteMsg, DeleteStream, Publish, PurgeStream, SourceCopy,
+    UpdateStream,
 )
 
 from .. import protocol as P
@@ -120,6 +121,7 @@ class Server:
             "consumer.info": self.op_consumer_info, "consumer.names": self.op_consumer_names,
             "consumer.list": self.op_consumer_list, "fetch": self.op_fetch, "ack": self.op_ack,
             "ack.next": self.op_ack_next, "sub": self.op_sub, "unsub": self.op_unsub, "cpub": self.op_cpub,
+            "source.copy": self.op_source_copy,
             "cluster.status": self.op_cluster_status, "cluster.add_peer": self.op_cluster_add_peer,
             "cluster.remove_peer": self.op_cluster_remove_peer, "cluster.step_down": self.op_cluster_step_down,
         }
@@ -482,8 +484,32 @@ class Server:
             raise BadRequestError("this node is not part of a cluster")
         return self.node
 
+    async def op_source_copy(self, conn, body):
+        """A mirror/source pipeline's copies and report (cluster/pipelines.py)."""
+        msgs = body.get("msgs") or []
+        if not isinstance(msgs, list) or not all(
+                isinstance(m, list) and len(m) == 5 and isinstance(m[0], int) and isinstance(m[1], str)
+                and (m[2] is None or isinstance(m[2], dict)) and isinstance(m[3], bytes) and isinstance(m[4], int)
+                for m in msgs):
+            raise BadRequestError("msgs must be [origin_seq, subject, headers, data, ts] lists")
+        ints = {k: body.get(k) or 0 for k in ("created", "skip_to", "lag")}
+        if not all(isinstance(v, int) for v in ints.values()):
+            raise BadRequestError("created, skip_to and lag must be integers")
+        error = body.get("error")
+        if error is not None and not isinstance(error, dict):
+            raise BadRequestError("error must be a map")
+        r = await self._propose(SourceCopy(self._name(body, "stream"), self._name(body, "origin"),
+                                           self._name(body, "runner"), ints["created"], msgs, ints["skip_to"],
+                                           ints["lag"], error))
+        self.service.wake()
+        return r
+
     async def op_cluster_status(self, conn, body):
-        return self._cluster_node().status()
+        status = self._cluster_node().status()
+        rows = await self.service.read(lambda s: s.origin_rows())
+        status["pipelines"] = [{"stream": stream, "origin": origin, "kind": "mirror" if mirror else "source",
+                                "runner": runner} for stream, origin, _src, mirror, runner in rows]
+        return status
 
     async def op_cluster_add_peer(self, conn, body):
         await self._cluster_node().add_peer(self._name(body, "raft"))
