@@ -75,7 +75,10 @@ _AGAIN = object()       # a line consumed that is no operation by itself (a blan
 def _int(token: bytes) -> int:
     if not token.isdigit():
         raise NatsProtocolError(ERR_PARSER)
-    return int(token)
+    try:
+        return int(token)
+    except ValueError:      # more digits than sys.get_int_max_str_digits() (4300) allows
+        raise NatsProtocolError(ERR_PARSER) from None
 
 
 class Parser:
@@ -159,7 +162,7 @@ class Parser:
         if verb == b"CONNECT":
             try:
                 options = json.loads(rest or b"{}")
-            except ValueError:
+            except (ValueError, RecursionError):    # RecursionError: `[[[[...` nested past ~1000
                 raise NatsProtocolError(ERR_PARSER) from None
             if not isinstance(options, dict):
                 raise NatsProtocolError(ERR_PARSER)
