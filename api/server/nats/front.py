@@ -206,12 +206,13 @@ class NatsConnection:
     def _feed(self, data: bytes) -> bool:
         try:
             ops = self.parser.feed(data)
+            for op in ops:
+                if not self._op(op):
+                    return False
         except C.NatsProtocolError as e:
+            # The parser's verdict, or an HPUB header block that only decode_headers rejects.
             self.write(C.err_line(e.text))
             return False
-        for op in ops:
-            if not self._op(op):
-                return False
         return True
 
     def _op(self, op) -> bool:
