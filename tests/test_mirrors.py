@@ -133,3 +133,28 @@ def async_at_least(js, stream, n):
     async def check():
         return (await js.stream_info(stream)).state.messages >= n
     return check
+
+
+async def test_a_mirror_in_a_second_cluster_copies_while_the_origin_takes_publishes(cluster, tmp_path):
+    other = Cluster(str(tmp_path / "other"))
+    other.start()
+    try:
+        a = await connect(cluster.clients(), timeout=10)
+        b = await connect(other.clients(), timeout=10)
+        js_a, js_b = a.jetstream(), b.jetstream()
+        await js_a.add_stream(name="ORDERS", subjects=["orders.>"])
+
+        async def publish():
+            for i in range(3000):
+                await js_a.publish("orders.x", f"{i}".encode())
+        pub = asyncio.create_task(publish())
+        await js_b.add_stream(name="ORDERS_DR", mirror={"name": "ORDERS", "external": {"servers": cluster.clients()}})
+        await pub
+        await until(async_eq(js_b, "ORDERS_DR", 3000), timeout=120, what="the other cluster's mirror to catch up")
+        assert await all_msgs(js_b, "ORDERS_DR") == await all_msgs(js_a, "ORDERS")
+        info = await js_b.stream_info("ORDERS_DR")
+        assert info.mirror.external.servers == cluster.clients() and info.mirror.error is None
+        await a.close()
+        await b.close()
+    finally:
+        other.stop()
