@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
 from jetstream.config import ConsumerConfig, StreamSource
-from jetstream.errors import StreamNotFoundError
+from jetstream.errors import StreamNotFoundError, js_error
 from storage.commands import AssignSource
 
 log = logging.getLogger("raftbroker.pipelines")
@@ -268,7 +268,7 @@ class Pipelines:
 
 
 def _error(code: int, err_code: int, description: str) -> dict:
-    return {"code": code, "err_code": err_code, "description": description}
+    return js_error(err_code, description, code).to_wire()
 
 
 async def _close(nc) -> None:

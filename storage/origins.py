@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from jetstream.config import StreamConfig, StreamSource, origin_key
+from jetstream.errors import js_error
 from jetstream.model import Base
 from jetstream.results import StreamSourceInfo
 
@@ -63,9 +64,8 @@ def source_infos(config: StreamConfig, origins: dict[str, OriginState], now: int
         s = origins.get(key) or OriginState()
         error = s.error
         if error is None and not s.contact:
-            error = {"code": 503, "err_code": err_code,
-                     "description": f"no pipeline has reached origin {o.name} yet"
-                                    + (f" (assigned to {s.runner})" if s.runner else "")}
+            error = js_error(err_code, f"no pipeline has reached origin {o.name} yet"
+                                       + (f" (assigned to {s.runner})" if s.runner else ""), 503).to_wire()
         return StreamSourceInfo(
             name=o.name, lag=s.lag, active=(now - s.contact) if s.contact else None,
             filter_subject=o.filter_subject, subject_transforms=o.subject_transforms, external=o.external,

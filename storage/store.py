@@ -492,9 +492,9 @@ class Store:
         return st, tx, state, origins_of(st.config)[origin]
 
     def _assign_source(self, cmd: AssignSource, ctx: _Ctx) -> bool:
-        _st, _tx, state, _o = self._origin(ctx, cmd.stream, cmd.origin)
+        st, _tx, state, _o = self._origin(ctx, cmd.stream, cmd.origin)
         state.runner = cmd.runner
-        _st.dirty = True
+        st.dirty = True
         return True
 
     def _source_copy(self, cmd: SourceCopy, ctx: _Ctx) -> dict:
@@ -507,15 +507,13 @@ class Store:
         st.dirty = True
         state.contact = ctx.now
         if cmd.created and state.created and cmd.created != state.created:
-            state.error = {"code": 409, "err_code": err_code, "description":
-                           f"origin stream {origin.name} was deleted and created again (created {cmd.created}, "
-                           f"was {state.created}): nothing more is copied until the {'mirror' if st.config.mirror else 'source'} "
-                           "is removed and added again"}
+            state.error = js_error(err_code, f"origin stream {origin.name} was deleted and created again (created "
+                                             f"{cmd.created}, was {state.created}): nothing more is copied until "
+                                             f"the {'mirror' if st.config.mirror else 'source'} is removed and added "
+                                             "again", 409).to_wire()
             return state.to_dict()
         state.created = cmd.created or state.created
         error = cmd.error
-        part = self._part(st)
-        part.touched.add(st.name)
         for oseq, subject, headers, data, ts in cmd.msgs:
             if oseq <= state.last:
                 continue
@@ -533,7 +531,7 @@ class Store:
             except JSError as e:
                 # A limit of this stream (max_msgs with discard new, message size) stops
                 # the copy here, reported, and the pipeline retries from this message.
-                error = {"code": e.code, "err_code": e.err_code, "description": e.description}
+                error = e.to_wire()
                 break
             seq, stored = self._store(st, tx, subject, headers, data, ts)
             if stored:
