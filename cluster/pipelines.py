@@ -118,7 +118,7 @@ class Pipelines:
             await asyncio.sleep(self.settings.reconcile_s)
             try:
                 wanted = [Pipeline(*row) for row in await self.node.read(lambda s: s.origin_rows())]
-                if self.node.is_leader:
+                if wanted and self.node.is_leader:
                     await self._assign(wanted)
                 self._reconcile(wanted)
             except asyncio.CancelledError:
