@@ -117,7 +117,7 @@ async def test_paused_leader_steps_down_and_serves_nothing_stale(tmp_path):
 
 
 async def test_amnesia_wiped_node_cannot_elect_a_stale_leader(tmp_path):
-    """Committed on A and C; C is wiped and restarted; A is killed. B (which never got
+    """Committed on A and C; A is killed; C is wiped and restarted. B (which never got
     the entries) must not win with C's vote; once A is back nothing is lost, and the
     wiped C rejoins through a snapshot."""
     c = Cluster(str(tmp_path / "c"), extra=SNAPSHOT_OFTEN)
@@ -133,8 +133,10 @@ async def test_amnesia_wiped_node_cannot_elect_a_stale_leader(tmp_path):
         acked = await _publish_for(js, 300, "late")  # committed on A and C only
         c.kill(cc)
         shutil.rmtree(c.nodes[cc].data)
-        c.start(cc)                                  # wiped; asks for bootstrap, as `up` does
+        # A goes first: a C that heard A could catch up from it and rightly become a
+        # voter, and then the race under test would not be the one this test means.
         c.kill(a)
+        c.start(cc)                                  # wiped; asks for bootstrap, as `up` does
         c.signal(b, signal.SIGCONT)
         until = time.monotonic() + 6                 # watched over several election timeouts
         while time.monotonic() < until:
