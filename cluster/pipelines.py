@@ -207,10 +207,7 @@ class Pipelines:
         s = self.settings
         src = p.source
         state = await self._propose(js_dest, p)           # where the stream is, from the leader
-        try:
-            info = await js_origin.stream_info(src.name)
-        except StreamNotFoundError:
-            raise _Stall(_error(404, err_code, f"origin stream {src.name} not found")) from None
+        info = await _from_origin(js_origin.stream_info(src.name), src.name, err_code)
         if state.get("created") and info.created != state["created"]:
             state = await self._propose(js_dest, p, created=info.created)   # the store records the error
             raise _Stall(state["error"])
@@ -220,7 +217,8 @@ class Pipelines:
         try:
             expect = 1
             while True:
-                msgs = await sub.fetch(s.batch, timeout=s.fetch_wait_s, max_bytes=s.batch_bytes)
+                msgs = await _from_origin(sub.fetch(s.batch, timeout=s.fetch_wait_s, max_bytes=s.batch_bytes),
+                                          src.name, err_code)
                 if msgs:
                     if msgs[0].metadata.sequence.consumer != expect:
                         # A fetch whose reply was lost moved the consumer past messages we
@@ -232,7 +230,7 @@ class Pipelines:
                     state = await self._propose(js_dest, p, created=info.created, msgs=batch,
                                                 lag=msgs[-1].metadata.num_pending)
                 else:
-                    state = await self._idle_report(p, js_dest, js_origin, sub, info.created)
+                    state = await self._idle_report(p, js_dest, js_origin, sub, info.created, err_code)
                 if state.get("error"):
                     raise _Stall(state["error"])
                 backoff.reset()
@@ -242,11 +240,11 @@ class Pipelines:
             except Exception:  # noqa: BLE001 - the origin drops it when inactive
                 pass
 
-    async def _idle_report(self, p: Pipeline, js_dest, js_origin, sub, created: int) -> dict:
+    async def _idle_report(self, p: Pipeline, js_dest, js_origin, sub, created: int, err_code: int) -> dict:
         """Nothing new: report the lag and, for a mirror, skip origin sequences that are
         gone (the origin's last sequence is read first, so a message published after it
         shows as pending and is never skipped)."""
-        oinfo = await js_origin.stream_info(p.source.name)
+        oinfo = await _from_origin(js_origin.stream_info(p.source.name), p.source.name, err_code)
         if oinfo.created != created:
             return await self._propose(js_dest, p, created=oinfo.created)
         cinfo = await sub.consumer_info()
@@ -265,6 +263,14 @@ class Pipelines:
         if src.opt_start_time:
             return cfg.evolve(deliver_policy="by_start_time", opt_start_time=src.opt_start_time)
         return cfg
+
+
+async def _from_origin(call: Awaitable, name: str, err_code: int):
+    """Await a read of the origin; the origin stream gone is a stall that says so."""
+    try:
+        return await call
+    except StreamNotFoundError:
+        raise _Stall(_error(404, err_code, f"origin stream {name} not found")) from None
 
 
 def _error(code: int, err_code: int, description: str) -> dict:

@@ -158,3 +158,56 @@ async def test_a_mirror_in_a_second_cluster_copies_while_the_origin_takes_publis
         await b.close()
     finally:
         other.stop()
+
+
+async def test_expired_and_deleted_origin_messages_become_skips_so_numbering_stays_aligned(cluster):
+    nc = await connect(cluster.clients(), timeout=10)
+    js = nc.jetstream()
+    await js.add_stream(name="ORDERS", subjects=["orders.>"], max_age=1.5)
+    for i in range(5):
+        await js.publish("orders.x", f"gone-{i}".encode())
+    await until(async_eq(js, "ORDERS", 0), timeout=30, what="seqs 1-5 to expire in the origin")
+    await js.update_stream(name="ORDERS", subjects=["orders.>"], max_age=0)
+    for i in range(5, 10):
+        await js.publish("orders.x", f"kept-{i}".encode())
+    await js.delete_msg("ORDERS", 8)
+    await js.delete_msg("ORDERS", 10)                    # a gap at the tail, too
+    await js.add_stream(name="ORDERS_MIRROR", mirror={"name": "ORDERS"})
+
+    async def aligned():
+        s = (await js.stream_info("ORDERS_MIRROR")).state
+        return (s.first_seq, s.last_seq, s.messages) == (6, 10, 3)
+    await until(aligned, timeout=60, what="the mirror to hold 6, 7, 9 and skip up to 10")
+    assert [m[0] for m in await all_msgs(js, "ORDERS_MIRROR")] == [6, 7, 9]
+    ack = await js.publish("orders.x", b"next")
+    await until(async_eq(js, "ORDERS_MIRROR", 4), timeout=30, what="the next message in the mirror")
+    assert ack.seq == 11 and await all_msgs(js, "ORDERS_MIRROR") == await all_msgs(js, "ORDERS")
+    await nc.close()
+
+
+async def test_a_deleted_then_recreated_origin_is_reported_as_an_error_not_as_silence(cluster):
+    nc = await connect(cluster.clients(), timeout=10)
+    js = nc.jetstream()
+    await js.add_stream(name="ORDERS", subjects=["orders.>"])
+    for i in range(5):
+        await js.publish("orders.x", f"first-{i}".encode())
+    await js.add_stream(name="ORDERS_MIRROR", mirror={"name": "ORDERS"})
+    await until(async_eq(js, "ORDERS_MIRROR", 5), timeout=60, what="the first copy")
+
+    async def mirror_error(words: str):
+        err = (await js.stream_info("ORDERS_MIRROR")).mirror.error
+        return err if err and words in err["description"] else None
+
+    await js.delete_stream("ORDERS")
+    err = await until(lambda: mirror_error("not found"), timeout=60, what="the missing origin to show")
+    assert err["code"] == 404 and err["err_code"] == 10029, err
+    await js.add_stream(name="ORDERS", subjects=["orders.>"])
+    for i in range(3):
+        await js.publish("orders.x", f"second-{i}".encode())
+    err = await until(lambda: mirror_error("created again"), timeout=60, what="the identity change to show")
+    assert err["err_code"] == 10029
+    info = await js.stream_info("ORDERS_MIRROR")
+    # Nothing of the new origin was copied over the old one's numbering.
+    assert info.state.messages == 5 and [m[3] for m in await all_msgs(js, "ORDERS_MIRROR")] == \
+        [f"first-{i}".encode() for i in range(5)]
+    await nc.close()
