@@ -17,11 +17,16 @@ reaches the leader like any client). The store drops what it already holds and
 refuses copies from a node that is no longer the runner, so a pipeline that moves,
 restarts or replays a batch stores nothing twice and skips nothing. One fetch is
 in flight per pipeline: at most `batch` messages and `batch_bytes` bytes.
+
+`source.copy` writes into a stream that takes no publishes, so a client must not be
+able to send one: each request carries `proof`, an HMAC of its fields under a key
+derived from the cluster secret, which only the cluster's nodes hold.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import random
 from dataclasses import dataclass
@@ -30,6 +35,8 @@ from typing import Awaitable, Callable, Optional
 from jetstream.config import ConsumerConfig, StreamSource
 from jetstream.errors import StreamNotFoundError, js_error
 from storage.commands import AssignSource
+
+import msgpack
 
 log = logging.getLogger("raftbroker.pipelines")
 
@@ -91,10 +98,11 @@ class Pipelines:
     """The node's front for mirror and source pipelines (start/stop with the broker)."""
 
     def __init__(self, node, servers: Callable[[], Awaitable[list[str]]], credentials: dict,
-                 settings: PipelineSettings | None = None):
+                 secret: Optional[str], settings: PipelineSettings | None = None):
         self.node = node
         self.servers = servers              # this cluster's client addresses
         self.credentials = credentials      # token / user / password for this cluster
+        self.secret = secret                # the cluster secret: signs source.copy
         self.settings = settings or PipelineSettings()
         self._running: dict[tuple[str, str], tuple[Pipeline, asyncio.Task]] = {}
         self._task: Optional[asyncio.Task] = None
@@ -193,6 +201,8 @@ class Pipelines:
 
     async def _propose(self, js_dest, p: Pipeline, **fields) -> dict:
         body = {"stream": p.stream, "origin": p.origin, "runner": self.node.name, **fields}
+        if self.secret:
+            body["proof"] = copy_proof(self.secret, body)
         return await js_dest._api("source.copy", body)
 
     async def _report(self, dest, p: Pipeline, error: dict) -> None:
@@ -263,6 +273,21 @@ class Pipelines:
         if src.opt_start_time:
             return cfg.evolve(deliver_policy="by_start_time", opt_start_time=src.opt_start_time)
         return cfg
+
+
+COPY_FIELDS = ("stream", "origin", "runner", "created", "msgs", "skip_to", "lag", "error")
+
+
+def copy_proof(secret: str, body: dict) -> str:
+    """HMAC-SHA256 of a source.copy request's fields, keyed by the cluster secret."""
+    key = hashlib.sha256(b"raftbroker source.copy\x00" + secret.encode()).digest()
+    blob = msgpack.packb([body.get(k) for k in COPY_FIELDS], use_bin_type=True)
+    return hmac.new(key, blob, hashlib.sha256).hexdigest()
+
+
+def proof_ok(secret: str, body: dict) -> bool:
+    proof = body.get("proof")
+    return isinstance(proof, str) and hmac.compare_digest(proof, copy_proof(secret, body))
 
 
 async def _from_origin(call: Awaitable, name: str, err_code: int):

@@ -211,3 +211,21 @@ async def test_a_deleted_then_recreated_origin_is_reported_as_an_error_not_as_si
     assert info.state.messages == 5 and [m[3] for m in await all_msgs(js, "ORDERS_MIRROR")] == \
         [f"first-{i}".encode() for i in range(5)]
     await nc.close()
+
+
+async def test_a_client_cannot_write_into_a_mirror_through_the_pipelines_request(cluster):
+    nc = await connect(cluster.clients(), timeout=10)
+    js = nc.jetstream()
+    await js.add_stream(name="ORDERS", subjects=["orders.>"])
+    await js.add_stream(name="ORDERS_MIRROR", mirror={"name": "ORDERS"})
+    runner = await until(lambda: _runner(nc), timeout=30, what="a runner")
+    forged = {"stream": "ORDERS_MIRROR", "origin": "ORDERS", "runner": runner,
+              "msgs": [[1, "orders.x", None, b"forged", 1]]}
+    for proof in (None, "0" * 64):
+        with pytest.raises(Exception) as e:
+            await js._api("source.copy", {**forged, **({"proof": proof} if proof else {})})
+        assert getattr(e.value, "code", None) == 403 and "cluster secret" in str(e.value)
+    await js.publish("orders.x", b"real")
+    await until(async_eq(js, "ORDERS_MIRROR", 1), timeout=30, what="the real copy")
+    assert [m[3] for m in await all_msgs(js, "ORDERS_MIRROR")] == [b"real"]
+    await nc.close()

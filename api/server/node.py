@@ -95,7 +95,7 @@ class Broker:
         self.rpc = Server(self.node, self.service,
                           ServerConfig(host=host, port=port, server_id=cfg.name, token=cfg.token or None,
                                        user=cfg.user or None, password=cfg.password or None,
-                                       max_payload=max_payload))
+                                       max_payload=max_payload, cluster_secret=cfg.cluster_secret or None))
         # In start order; stopped in reverse, before the node they serve. The service goes
         # first: the fronts hand it their subscriptions and pulls.
         self._fronts: list[Front] = [self.service, self.rpc]
@@ -109,7 +109,8 @@ class Broker:
             self._fronts.append(self.nats)
         from cluster.pipelines import Pipelines
         self.pipelines = Pipelines(self.node, self._client_servers, {
-            "token": cfg.token or None, "user": cfg.user or None, "password": cfg.password or None})
+            "token": cfg.token or None, "user": cfg.user or None, "password": cfg.password or None},
+            cfg.cluster_secret or None)
         self._fronts.append(self.pipelines)
         if cfg.http:
             self._fronts.append(HttpFront(self, cfg.http))

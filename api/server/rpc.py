@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from jetstream.config import ConsumerConfig, StreamConfig
-from jetstream.errors import BadRequestError, JSError, NotLeaderError
+from cluster.pipelines import proof_ok
+from jetstream.errors import BadRequestError, JSError, NotLeaderError, js_error
 from jetstream.results import DeliveredMsg
 from jetstream.subjects import is_valid_subject
 from storage import (
@@ -47,6 +48,7 @@ class ServerConfig:
     max_outbound_bytes: int = 8 * 1024 * 1024  # unsent bytes per connection before pushes pause
     max_pub_batch: int = 1000
     handshake_timeout_s: float = 5.0
+    cluster_secret: Optional[str] = None   # when set, source.copy must carry a proof made with it
 
     @property
     def auth_required(self) -> bool:
@@ -486,6 +488,9 @@ class Server:
 
     async def op_source_copy(self, conn, body):
         """A mirror/source pipeline's copies and report (cluster/pipelines.py)."""
+        if self.config.cluster_secret and not proof_ok(self.config.cluster_secret, body):
+            raise js_error(10003, "source.copy is for this cluster's mirror and source pipelines only "
+                                  "(no valid proof of the cluster secret)", 403)
         msgs = body.get("msgs") or []
         if not isinstance(msgs, list) or not all(
                 isinstance(m, list) and len(m) == 5 and isinstance(m[0], int) and isinstance(m[1], str)
