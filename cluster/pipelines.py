@@ -221,7 +221,9 @@ class Pipelines:
         if state.get("created") and info.created != state["created"]:
             state = await self._propose(js_dest, p, created=info.created)   # the store records the error
             raise _Stall(state["error"])
-        ci = await js_origin.add_consumer(src.name, self._consumer_config(src, state["last"]))
+        acking = info.config.retention != "limits"
+        ci = await js_origin.add_consumer(src.name, self._consumer_config(src, state["last"],
+                                                                          info.config.retention))
         from api.client.jetstream import PullSubscription
         sub = PullSubscription(js_origin, src.name, ci.name)
         try:
@@ -239,6 +241,8 @@ class Pipelines:
                              for m in msgs]
                     state = await self._propose(js_dest, p, created=info.created, msgs=batch,
                                                 lag=msgs[-1].metadata.num_pending)
+                    if acking:
+                        await _ack_copied(msgs, state["last"])
                 else:
                     state = await self._idle_report(p, js_dest, js_origin, sub, info.created, err_code)
                 if state.get("error"):
@@ -261,11 +265,20 @@ class Pipelines:
         skip_to = oinfo.state.last_seq if (p.mirror and not p.source.filters and cinfo.num_pending == 0) else 0
         return await self._propose(js_dest, p, created=created, skip_to=skip_to, lag=cinfo.num_pending)
 
-    def _consumer_config(self, src: StreamSource, last: int) -> ConsumerConfig:
+    def _consumer_config(self, src: StreamSource, last: int, retention: str) -> ConsumerConfig:
+        """Ack-none on a limits origin: its messages stay, so a copy lost on the way is read
+        again. A work-queue or interest origin removes what its consumers ack, so there the
+        pipeline acks only what the destination has committed (ADR-58's durable sourcing
+        rather than the ack-none consumer that loses such messages in transit)."""
         filters = src.filters
-        cfg = ConsumerConfig(ack_policy="none", inactive_threshold=self.settings.consumer_inactive_s,
+        cfg = ConsumerConfig(ack_policy="none" if retention == "limits" else "explicit",
+                             inactive_threshold=self.settings.consumer_inactive_s,
                              filter_subject=filters[0] if len(filters) == 1 else None,
                              filter_subjects=filters if len(filters) > 1 else None)
+        if retention == "workqueue":
+            # Deliver-all is the only policy a work queue takes; what was copied and acked is
+            # gone, and what was copied but not acked comes again and is dropped as a duplicate.
+            return cfg
         if last:
             return cfg.evolve(deliver_policy="by_start_sequence", opt_start_seq=last + 1)
         if src.opt_start_seq:
@@ -288,6 +301,16 @@ def copy_proof(secret: str, body: dict) -> str:
 def proof_ok(secret: str, body: dict) -> bool:
     proof = body.get("proof")
     return isinstance(proof, str) and hmac.compare_digest(proof, copy_proof(secret, body))
+
+
+async def _ack_copied(msgs: list, last: int) -> None:
+    """Ack the messages the destination now holds (a copy stopped by a limit holds fewer);
+    waiting for the last one's confirmation keeps unconfirmed acks to one batch."""
+    copied = [m for m in msgs if m.metadata.sequence.stream <= last]
+    for m in copied[:-1]:
+        await m.ack()
+    if copied:
+        await copied[-1].ack_sync()
 
 
 async def _from_origin(call: Awaitable, name: str, err_code: int):

@@ -229,3 +229,41 @@ async def test_a_client_cannot_write_into_a_mirror_through_the_pipelines_request
     await until(async_eq(js, "ORDERS_MIRROR", 1), timeout=30, what="the real copy")
     assert [m[3] for m in await all_msgs(js, "ORDERS_MIRROR")] == [b"real"]
     await nc.close()
+
+
+async def test_sourcing_moves_work_out_of_a_work_queue_and_into_another(cluster):
+    """A work-queue origin gives its messages to the pipeline, which acks each only once
+    the destination has committed it; a work-queue destination serves its own workers."""
+    nc = await connect(cluster.clients(), timeout=10)
+    js = nc.jetstream()
+    await js.add_stream(name="JOBS", subjects=["jobs.>"], retention="workqueue")
+    await js.add_stream(name="EVENTS", subjects=["events.>"], retention="interest")
+    await js.add_consumer("EVENTS", durable_name="AUDIT", ack_policy="explicit")
+    for i in range(300):
+        await js.publish(f"jobs.{i % 3}", f"job-{i}".encode())
+        await js.publish("events.x", f"event-{i}".encode())
+    await js.add_stream(name="WORK", retention="workqueue", sources=[{"name": "JOBS"}, {"name": "EVENTS"}])
+    await until(async_eq(js, "WORK", 600), timeout=90, what="both origins copied into WORK")
+    await until(async_eq(js, "JOBS", 0), timeout=30, what="the work queue origin to hand its jobs over")
+    # The interest origin keeps what its own consumer has not acked yet.
+    assert (await js.stream_info("EVENTS")).state.messages == 300
+    copied = await sorted_data(js, "WORK")
+    assert copied == sorted([f"job-{i}".encode() for i in range(300)] + [f"event-{i}".encode() for i in range(300)])
+
+    await js.add_consumer("WORK", durable_name="WORKER", ack_policy="explicit")
+    sub = await js.pull_subscribe("", durable="WORKER", stream="WORK")
+    done = 0
+    while done < 600:
+        for m in await sub.fetch(100, timeout=5):
+            await m.ack_sync()
+            done += 1
+    await until(async_eq(js, "WORK", 0), timeout=30, what="the worked-off queue to empty")
+    await nc.close()
+
+
+async def sorted_data(js, stream: str) -> list[bytes]:
+    info = await js.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        out.append((await js.get_msg(stream, seq)).data)
+    return sorted(out)
