@@ -48,6 +48,7 @@ class NodeIdentity:
     raft: str                      # the Raft address others reach this node at (its pysyncobj id)
     client: str                    # the client address others reach it at
     http: str = ""
+    nats: str = ""                 # the NATS-protocol address, when the node has one
     raft_bind: str = ""            # where the Raft port binds, when it differs from `raft`
     peers: list[str] = field(default_factory=list)   # Raft addresses of the first member list
 
@@ -414,7 +415,7 @@ class RaftNode(GroupCommitNode):
             self._tasks.append(self._loop.create_task(self._bootstrap()))
 
     async def _announce_loop(self) -> None:
-        me = {"raft": self.ident.raft, "client": self.ident.client, "http": self.ident.http}
+        me = {"raft": self.ident.raft, "client": self.ident.client, "http": self.ident.http, "nats": self.ident.nats}
         while True:
             await asyncio.sleep(0.5)
             if self.sync._getLeader() is None or self._directory.get(self.name) == me:

@@ -152,6 +152,7 @@ class Announce(Command):
     raft: str = ""
     client: str = ""
     http: str = ""
+    nats: str = ""
 
 
 @dataclass

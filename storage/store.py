@@ -667,7 +667,7 @@ class Store:
     def _announce(self, cmd: Announce, ctx: _Ctx) -> bool:
         if not ctx.replay:
             self.file.tx.put(K.node_key(cmd.name), msgpack.packb(
-                {"raft": cmd.raft, "client": cmd.client, "http": cmd.http}))
+                {"raft": cmd.raft, "client": cmd.client, "http": cmd.http, "nats": cmd.nats}))
         return True
 
     def origin_rows(self) -> list[tuple]:
@@ -677,7 +677,7 @@ class Store:
                 for key, o in origins_of(st.config).items() if key in st.origins]
 
     def nodes(self) -> dict[str, dict]:
-        """The cluster's node directory: name -> {raft, client, http}."""
+        """The cluster's node directory: name -> {raft, client, http, nats}."""
         return {k[len(K.NODE):].decode(): msgpack.unpackb(v)
                 for k, v in Tx(self.file.backend).scan(*K.prefix_range(K.NODE))}
 

@@ -60,6 +60,10 @@ class NodeConfig:
         return self._host_for(self.http) if self.http else ""
 
     @property
+    def nats_addr(self) -> str:
+        return self._host_for(self.nats_listen) if self.nats_listen else ""
+
+    @property
     def raft_addr(self) -> str:
         return self._host_for(self.raft) if self.raft else ""
 

@@ -58,6 +58,7 @@ def open_replication(cfg: NodeConfig):
     members = sorted(set(cfg.peer_list) | {cfg.raft_addr})
     bounds.max_inflight = 4
     ident = NodeIdentity(name=cfg.name, raft=cfg.raft_addr, client=cfg.client_addr, http=cfg.http_addr,
+                         nats=cfg.nats_addr,
                          raft_bind=cfg.raft, peers=members)
     settings = RaftSettings(election_min_s=cfg.election_min_s, election_max_s=cfg.election_max_s,
                             compaction_min_entries=cfg.snapshot_entries, sync=not cfg.no_sync)
@@ -105,7 +106,8 @@ class Broker:
             nhost, nport = _hostport(cfg.nats_listen)
             self.nats = NatsFront(self.node, self.service, NatsConfig(
                 host=nhost, port=nport, server_name=cfg.name, token=cfg.token or None, user=cfg.user or None,
-                password=cfg.password or None, max_payload=min(max_payload, CLUSTER_MAX_PAYLOAD)))
+                password=cfg.password or None, max_payload=min(max_payload, CLUSTER_MAX_PAYLOAD),
+                routes=bool(cfg.raft), cluster_secret=cfg.cluster_secret or None))
             self._fronts.append(self.nats)
         from cluster.pipelines import Pipelines
         self.pipelines = Pipelines(self.node, self._client_servers, {

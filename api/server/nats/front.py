@@ -30,10 +30,11 @@ from . import codec as C
 from .jsapi import API_PREFIX, JetStreamApi
 from .jsjson import SERVER_VERSION
 from .pull import PullRequests
+from .routes import Routes
 
 log = logging.getLogger("raftbroker.nats")
 
-ACK_PREFIX = "$JS.ACK."
+ACK_PREFIX = C.ACK_PREFIX
 FC_PREFIX = "$JS.FC."
 DIRECT_GET = API_PREFIX + "DIRECT.GET."
 _client_ids = itertools.count(1)
@@ -54,7 +55,9 @@ class NatsConfig:
     auth_timeout_s: float = 2.0
     ping_interval_s: float = 120.0
     max_pings_out: int = 2
-    connect_urls: list = field(default_factory=list)
+    connect_urls: list = field(default_factory=list)    # fixed; else, in a cluster, every node's
+    routes: bool = False                                # join the other nodes' NATS fronts (routes.py)
+    cluster_secret: Optional[str] = None                # what routes prove they hold
 
     @property
     def auth_required(self) -> bool:
@@ -128,6 +131,8 @@ class NatsConnection:
         self.traffic = Traffic()
         self.started = time.time()
         self.lang = self.version = ""
+        self.nonce = secrets.token_urlsafe(12)
+        self.route: Optional[str] = None        # the peer's name, once this is a proven route
 
     # == output ==============================================================================
     def write(self, data: bytes) -> None:
@@ -153,9 +158,7 @@ class NatsConnection:
                 data: bytes, meta: Optional[DeliveredMsg]) -> None:
         if meta is not None:
             # A consumer's message shows its stored subject, with the ack subject as reply.
-            subject = meta.subject
-            reply = (f"{ACK_PREFIX}{meta.stream}.{meta.consumer}.{meta.num_delivered}.{meta.stream_seq}."
-                     f"{meta.consumer_seq}.{meta.time}.{meta.num_pending}")
+            subject, reply = meta.subject, C.ack_subject(meta)
         block = C.encode_headers(headers) if headers and self.headers else b""
         self.write(C.msg_frame(subject, sub.sid, reply, data, block))
         self.traffic.sent(len(data))
@@ -205,10 +208,14 @@ class NatsConnection:
 
     def _feed(self, data: bytes) -> bool:
         try:
-            ops = self.parser.feed(data)
-            for op in ops:
-                if not self._op(op):
-                    return False
+            while True:
+                ops = self.parser.feed(data)
+                data = b""
+                for op in ops:
+                    if not self._op(op):
+                        return False
+                if not ops or not isinstance(ops[-1], C.Connect):
+                    break
         except C.NatsProtocolError as e:
             # The parser's verdict, or an HPUB header block that only decode_headers rejects.
             self.write(C.err_line(e.text))
@@ -220,7 +227,11 @@ class NatsConnection:
             if not isinstance(op, C.Connect):
                 self.write(C.err_line(C.ERR_AUTH if self.front.config.auth_required else C.ERR_UNKNOWN_OP))
                 return False
+            if "route" in op.options:
+                return self._route_connect(op.options)
             return self._connect(op.options)
+        if self.route is not None:
+            return self._route_op(op)
         if isinstance(op, C.Pub):
             self.traffic.got(len(op.payload))
             self.front.publish(self, op)
@@ -254,6 +265,32 @@ class NatsConnection:
             self.write(C.OK)
         return True
 
+    def _route_connect(self, o: dict) -> bool:
+        routes = self.front.routes
+        if routes is None or not routes.accept(o.get("route"), self.nonce, o.get("proof")):
+            self.write(C.err_line(C.ERR_AUTH))
+            return False
+        self.route = o["route"]
+        self.connected = True
+        self.parser.routes = True
+        self.front.conns.discard(self)          # a route is no client: not in /connz, no lame duck
+        routes.attach(self.route, self)
+        return True
+
+    def _route_op(self, op) -> bool:
+        routes = self.front.routes
+        if isinstance(op, C.RouteMsg):
+            routes.deliver_here(op)
+        elif isinstance(op, C.RouteSub):
+            routes.remote_interest(self.route, op)
+        elif isinstance(op, C.RoutePub):
+            self.front.publish(Forwarded(self, op.no_responders), op.pub)
+        elif isinstance(op, C.Ping):
+            self.write(C.PONG)
+        elif isinstance(op, C.Pong):
+            self.pings_out = 0
+        return True
+
     def _connect(self, o: dict) -> bool:
         c = self.front.config
         ok = True
@@ -277,6 +314,33 @@ class NatsConnection:
         return True
 
 
+class Forwarded:
+    """A client of another node, as the leader's front sees the publish that node forwarded
+    (the route's connection stands in for it: its bounds, its liveness)."""
+    forwarded = True
+    echo = True
+
+    def __init__(self, route: NatsConnection, no_responders: bool):
+        self.route = route
+        self.no_responders = no_responders
+
+    @property
+    def closed(self) -> bool:
+        return self.route.closed
+
+    @property
+    def hot_fetch(self) -> set:
+        return self.route.hot_fetch
+
+    @property
+    def inflight(self) -> int:
+        return self.route.inflight
+
+    @inflight.setter
+    def inflight(self, n: int) -> None:
+        self.route.inflight = n
+
+
 class NatsFront:
     def __init__(self, node, service: JetStreamService, config: NatsConfig | None = None):
         self.node = node
@@ -293,7 +357,12 @@ class NatsFront:
         self._server: Optional[asyncio.AbstractServer] = None
         self._tasks: set[asyncio.Task] = set()
         self.port = self.config.port
+        self.routes = Routes(self.config.server_name, self.config.cluster_secret, service.router,
+                             self._nats_addresses, service.subscribe_now) if self.config.routes else None
         service.on_tick(self._on_tick)
+
+    async def _nats_addresses(self) -> dict[str, str]:
+        return {name: d.get("nats", "") for name, d in (await self.service.read(lambda s: s.nodes())).items()}
 
     # == lifecycle ===========================================================================
     async def start(self) -> None:
@@ -302,6 +371,8 @@ class NatsFront:
                                                   limit=C.MAX_LINE + 8)
         self.port = self._server.sockets[0].getsockname()[1]
         self._spawn(self._keepalive())
+        if self.routes is not None:
+            await self.routes.start()
         log.info("nats front listening", extra={"port": self.port})
 
     async def stop(self) -> None:
@@ -315,6 +386,8 @@ class NatsFront:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.routes is not None:
+            await self.routes.stop()
 
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
@@ -330,10 +403,13 @@ class NatsFront:
         if conn is not None:
             d["client_id"] = conn.client_id
             d["client_ip"] = conn.addr.rpartition(":")[0]
+            if self.routes is not None:
+                d["nonce"] = conn.nonce         # what a route signs (nats-py signs it only with nkeys)
         if c.auth_required:
             d["auth_required"] = True
-        if c.connect_urls:
-            d["connect_urls"] = list(c.connect_urls)
+        urls = c.connect_urls or (self.routes.addresses if self.routes is not None else [])
+        if urls:
+            d["connect_urls"] = list(urls)
         return d
 
     async def _handle(self, reader, writer) -> None:
@@ -350,6 +426,8 @@ class NatsFront:
             self.conns.discard(conn)
             self.closed_traffic.add(conn.traffic)
             self.service.drop_subscriber(conn)
+            if conn.route is not None:
+                self.routes.detach(conn.route, conn)
             conn.close()
 
     def _on_tick(self, is_leader: bool) -> None:
@@ -371,6 +449,8 @@ class NatsFront:
         self.service.subscribe_now(sub)
 
     def publish(self, conn: NatsConnection, op: C.Pub) -> None:
+        if self._forwarded_to_leader(conn, op):
+            return
         subject = op.subject
         if subject.startswith("$JS."):
             if subject.startswith(API_PREFIX):
@@ -391,6 +471,25 @@ class NatsFront:
             self._reply(op.reply, b"", {"Status": "503"})
             return
         self._core(conn, subject, op.reply, headers, op.payload)
+
+    def _forwarded_to_leader(self, conn, op: C.Pub) -> bool:
+        """On a follower, JetStream's subjects (API requests, acks, publishes a stream
+        captures) go to the leader over the route, as in a NATS cluster; the answer comes
+        back to the client's reply inbox. DIRECT.GET of an allow_direct stream is answered
+        here, by this replica. A publish forwarded here is never forwarded again."""
+        if self.routes is None or getattr(conn, "forwarded", False) or self.node.is_leader:
+            return False
+        s = op.subject
+        if s.startswith(DIRECT_GET):
+            if s[len(DIRECT_GET):].partition(".")[0] in self.streams.direct:
+                return False
+        elif not (s.startswith(API_PREFIX) or s.startswith(ACK_PREFIX) or self.streams.captures(s)):
+            return False
+        leader = self.node.leader[0]
+        if not self.routes.forward(leader, op, conn.no_responders):
+            self._reply_json(op.reply, {"error": {"code": 503, "err_code": 10008, "description":
+                                                  "JetStream system temporarily unavailable (no leader reachable)"}})
+        return True
 
     def _core(self, conn: NatsConnection, subject: str, reply, headers, data: bytes) -> None:
         self.service.deliver_core(subject, data, headers, reply, exclude=None if conn.echo else conn)
