@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 
 import nats
 import pytest
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from cluster_util import Cluster
 from e2e_util import until
@@ -126,7 +133,24 @@ def _follower(cluster) -> int:
     return next(i for i in range(3) if i != leader)
 
 
+async def until_js_through(node):
+    """Wait until JetStream answers through `node` (its route to the leader is up)."""
+    nc = await nats_to(node)
+
+    async def answers():
+        try:
+            await nc.jetstream().account_info()
+            return True
+        except Exception:  # noqa: BLE001 - no route to the leader yet
+            return False
+    try:
+        await until(answers, timeout=30, interval=0.2, what=f"JetStream through {node.name}")
+    finally:
+        await nc.close()
+
+
 async def test_jetstream_through_a_follower_only(cluster):
+    await until_js_through(cluster.nodes[_follower(cluster)])
     f = await nats_to(cluster.nodes[_follower(cluster)])
     try:
         js = f.jetstream()
@@ -181,3 +205,102 @@ def test_a_route_without_the_cluster_secret_is_refused(cluster):
         s.sendall(b'CONNECT {"route": "intruder", "proof": "00"}\r\nRS+ secret.>\r\n')
         line = f.readline()
         assert line.startswith(b"-ERR 'Authorization Violation'"), line
+
+
+SEED_WORKER = os.path.join(os.path.dirname(__file__), "seed_programs", "worker.py")
+
+
+def _start_worker(path: str, worker_id: str):
+    p = subprocess.Popen([sys.executable, "-u", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={**os.environ, "WORKER_ID": worker_id}, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True).start()
+    return p, lines
+
+
+async def test_the_seed_articles_nats_py_worker_runs_unchanged_against_a_follower(cluster, tmp_path):
+    """Two copies of the seed's worker.py (a work queue, a durable consumer group, fetch and
+    ack) share 40 orders published through another node: each order is processed once."""
+    follower = cluster.nodes[_follower(cluster)]
+    await until_js_through(follower)
+    source = open(SEED_WORKER).read()
+    assert 'nc.connect("nats://localhost:4222")' in source
+    path = tmp_path / "worker.py"
+    path.write_text(source.replace("nats://localhost:4222", url(follower)))
+    workers = [_start_worker(str(path), w) for w in ("w1", "w2")]
+    nc = await nats_to(cluster.nodes[cluster.leader()])
+    try:
+        try:
+            await until(lambda: all(any("waiting for messages" in ln for ln in lines) for _, lines in workers),
+                        timeout=60, what="both workers to start")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {[lines for _, lines in workers]}") from None
+        js = nc.jetstream()
+        for i in range(40):
+            await js.publish("orders.new", json.dumps({"id": i, "customer": f"c{i % 7}"}).encode())
+
+        def processed():
+            return [(w, ln.split()[3]) for w, (_, lines) in zip(("w1", "w2"), workers)
+                    for ln in list(lines) if "Processed order" in ln]
+        await until(lambda: len(processed()) >= 40, timeout=90, what="the workers to process every order")
+        done = processed()
+        assert sorted(int(i) for _, i in done) == list(range(40)), "an order was lost or processed twice"
+        assert {w for w, _ in done} == {"w1", "w2"}, "both workers take orders"
+        await until(lambda: _stream_empty(js, "ORDERS"), timeout=30, what="the acked work to leave the queue")
+    finally:
+        for p, _ in workers:
+            p.send_signal(signal.SIGTERM)
+        for p, _ in workers:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        await nc.close()
+
+
+async def _stream_empty(js, name: str) -> bool:
+    return (await js.stream_info(name)).state.messages == 0
+
+
+async def test_nats_py_publishes_survive_a_leader_sigkill_none_lost_doubled_or_reordered(tmp_path):
+    c = Cluster(str(tmp_path / "c"), nats=True)
+    c.start()
+    try:
+        c.leader()
+        c.wait_named()
+        for node in c.nodes:
+            await until_js_through(node)
+        nc = await nats.connect(servers=[url(n) for n in c.nodes], connect_timeout=5, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.2)
+        js = nc.jetstream(timeout=2)
+        await js.add_stream(name="S", subjects=["s.>"], num_replicas=3)
+        acked: list[tuple[str, int]] = []
+        i, killed, retries = 0, None, 0
+        deadline = time.monotonic() + 120
+        while len(acked) < 600 and time.monotonic() < deadline:
+            if len(acked) == 200 and killed is None:
+                killed = c.leader()
+                c.kill(killed)
+            msg_id = f"m{i}"
+            try:
+                ack = await js.publish("s.x", msg_id.encode(), headers={"Nats-Msg-Id": msg_id})
+            except Exception:  # noqa: BLE001 - no answer: send the same message again (Nats-Msg-Id dedupes)
+                retries += 1
+                await asyncio.sleep(0.05)
+                continue
+            acked.append((msg_id, ack.seq))
+            i += 1
+        assert len(acked) == 600, f"only {len(acked)} acked in 120 s ({retries} retries)"
+        c.start(killed)
+        c.wait_healthy()
+        psub = await js.pull_subscribe("s.>", durable="CHECK", config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+        stored = []
+        while len(stored) < 600:
+            stored += [(m.data.decode(), m.metadata.sequence.stream) for m in await psub.fetch(600, timeout=5)]
+        assert stored == acked == [(f"m{k}", k + 1) for k in range(600)]
+        assert (await js.stream_info("S")).state.messages == 600
+        c.wait_same_digest()
+        await nc.close()
+    finally:
+        c.stop()

@@ -474,7 +474,7 @@ class NatsFront:
 
     def _forwarded_to_leader(self, conn, op: C.Pub) -> bool:
         """On a follower, JetStream's subjects (API requests, acks, publishes a stream
-        captures) go to the leader over the route, as in a NATS cluster; the answer comes
+        captures, requests with no responder) go to the leader over the route; the answer comes
         back to the client's reply inbox. DIRECT.GET of an allow_direct stream is answered
         here, by this replica. A publish forwarded here is never forwarded again."""
         if self.routes is None or getattr(conn, "forwarded", False) or self.node.is_leader:
@@ -483,7 +483,10 @@ class NatsFront:
         if s.startswith(DIRECT_GET):
             if s[len(DIRECT_GET):].partition(".")[0] in self.streams.direct:
                 return False
-        elif not (s.startswith(API_PREFIX) or s.startswith(ACK_PREFIX) or self.streams.captures(s)):
+        elif not (s.startswith(API_PREFIX) or s.startswith(ACK_PREFIX) or self.streams.captures(s)
+                  or (op.reply and conn.no_responders and not self.service.router.has_interest(s))):
+            # The last: a request nobody here would answer may be a publish to a stream
+            # this follower has not applied yet; the leader knows, and answers either way.
             return False
         leader = self.node.leader[0]
         if not self.routes.forward(leader, op, conn.no_responders):
