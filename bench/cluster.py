@@ -179,9 +179,10 @@ def say(line: str = "") -> None:
 
 
 # == workloads (shared by both systems) ======================================================
-async def windowed_async(start_publish, seconds: float, window: int, desc: str) -> dict:
-    """publish_async with at most `window` in flight for `seconds`: a slot is taken before
-    each publish_async and given back by its future's done callback (as bench/rpc.py)."""
+async def windowed_async(start_publish, seconds: float, window: int, desc: str, count: int | None = None) -> dict:
+    """publish_async with at most `window` in flight for `seconds` (or until `count` are
+    sent): a slot is taken before each publish_async and given back by its future's done
+    callback (as bench/rpc.py)."""
     slots = asyncio.Semaphore(window)
     pending: set = set()
     errors: list[str] = []
@@ -201,8 +202,10 @@ async def windowed_async(start_publish, seconds: float, window: int, desc: str) 
                     pb.update(500)
         t0 = time.perf_counter()
         stop_at = t0 + seconds
-        while time.perf_counter() < stop_at:
+        sent = 0
+        while time.perf_counter() < stop_at and (count is None or sent < count):
             await slots.acquire()
+            sent += 1
             f = await start_publish()
             pending.add(f)
             f.add_done_callback(done)
