@@ -25,6 +25,7 @@ def cluster(tmp_path_factory):
     c = Cluster(str(tmp_path_factory.mktemp("mon")), nats=True)
     c.start()
     c.leader()
+    c.wait_healthy()        # incl. the NATS routes to the leader, which /healthz counts
     yield c
     c.stop()
 

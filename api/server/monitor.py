@@ -142,6 +142,9 @@ class Monitor:
         if js_enabled_only:
             return 200, {"status": "ok"}
         ok, reason = self.node.health() if hasattr(self.node, "health") else (True, "ok")
+        routes = getattr(getattr(self.broker, "nats", None), "routes", None)
+        if ok and routes is not None:
+            ok, reason = routes.ready(self.node.leader[0])
         if not ok:
             return 503, {"status": "unavailable", "error": reason, "leader": self.node.leader[0]}
         if js_server_only or not stream:

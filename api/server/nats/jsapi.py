@@ -225,7 +225,7 @@ class JetStreamApi:
                 raise js_error(10017, "consumer name in subject does not match durable name in request")
             cfg = cfg.evolve(durable_name=name)
         elif name is not None:
-            if cfg.name not in (None, name) and cfg.durable_name not in (None, name):
+            if cfg.name not in (None, name) or cfg.durable_name not in (None, name):
                 raise js_error(10017, "consumer name in subject does not match durable name in request")
             cfg = cfg.evolve(name=name)
             if filter_subject is not None and cfg.filters != [filter_subject]:

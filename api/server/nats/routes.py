@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import random
+from collections import deque
 from typing import Awaitable, Callable, Optional
 
 from ..subs import Subscription
@@ -36,6 +37,8 @@ from . import codec as C
 log = logging.getLogger("raftbroker.nats.routes")
 
 MAX_ROUTE_PENDING = 64 * 1024 * 1024     # unsent bytes to one peer before the route is dropped
+MAX_HELD_FRAMES = 4096                   # kept for a peer while its route is down (then dropped)
+MAX_HELD_BYTES = 8 * 1024 * 1024
 DIAL_TIMEOUT_S = 2.0
 RECONCILE_S = 1.0
 
@@ -56,18 +59,35 @@ class Link:
         self.subs: dict[tuple[str, Optional[str]], Subscription] = {}
         self.inbound = None             # the peer's connection to this node (a NatsConnection)
         self.sent = self.dropped = 0
+        # What was sent while the connection was down (a node just started, a route being
+        # redialled): sent first once it is up, so a request forwarded then, or its answer,
+        # is late rather than lost. Bounded; past the bound frames are dropped (at most once).
+        self.held: deque[bytes] = deque()
+        self.held_bytes = 0
 
     @property
     def up(self) -> bool:
         return self.writer is not None and not self.writer.is_closing()
 
     def can_take(self) -> bool:
-        return self.up and self.writer.transport.get_write_buffer_size() < MAX_ROUTE_PENDING // 2
+        if not self.up:
+            return len(self.held) < MAX_HELD_FRAMES
+        return self.writer.transport.get_write_buffer_size() < MAX_ROUTE_PENDING // 2
+
+    def connected(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        while self.held:
+            writer.write(self.held.popleft())
+        self.held_bytes = 0
 
     def send(self, frame: bytes) -> bool:
         if not self.up:
-            self.dropped += 1
-            return False
+            if len(self.held) >= MAX_HELD_FRAMES or self.held_bytes + len(frame) > MAX_HELD_BYTES:
+                self.dropped += 1
+                return False
+            self.held.append(frame)
+            self.held_bytes += len(frame)
+            return True
         self.writer.write(frame)
         self.sent += 1
         if self.writer.transport.get_write_buffer_size() > MAX_ROUTE_PENDING:
@@ -160,7 +180,7 @@ class Routes:
                 for (pattern, queue), n in self._local.items():
                     if n > 0:
                         writer.write(C.route_sub_line(pattern, queue, True))
-                link.writer = writer
+                link.connected(writer)
                 log.info("route up", extra={"peer": name, "addr": addr})
                 await self._read(reader, writer)
             except asyncio.CancelledError:
@@ -246,9 +266,19 @@ class Routes:
                 s.conn.deliver(s, op.subject, op.reply, headers, op.payload, None)
 
     # == a follower's JetStream traffic, to the leader ==========================================
-    def forward(self, leader: str, pub: C.Pub, no_responders: bool) -> bool:
+    def ready(self, leader: str) -> tuple[bool, str]:
+        """A follower serves nats-py's JetStream once its routes both ways to the leader are up."""
+        if not leader or leader == self.name:
+            return True, "ok"
         link = self.links.get(leader)
-        if link is None or leader == self.name:
+        if link is None or not link.up:
+            return False, f"no NATS route to the leader {leader} yet"
+        if link.inbound is None:
+            return False, f"the leader {leader} has no NATS route to this node yet"
+        return True, "ok"
+
+    def forward(self, leader: str, pub: C.Pub, no_responders: bool) -> bool:
+        if not leader or leader == self.name:
             return False
-        return link.send(C.route_pub_frame(pub.subject, pub.reply, no_responders, pub.payload,
+        return self.link(leader).send(C.route_pub_frame(pub.subject, pub.reply, no_responders, pub.payload,
                                            pub.headers or b""))
