@@ -37,6 +37,7 @@ log = logging.getLogger("raftbroker.nats")
 ACK_PREFIX = C.ACK_PREFIX
 FC_PREFIX = "$JS.FC."
 DIRECT_GET = API_PREFIX + "DIRECT.GET."
+ROUTE_HEADER_ROOM = 64 * 1024
 _client_ids = itertools.count(1)
 
 
@@ -273,6 +274,9 @@ class NatsConnection:
         self.route = o["route"]
         self.connected = True
         self.parser.routes = True
+        # A routed message carries its headers re-encoded by the sender, which may be a
+        # little longer than the block the client sent within max_payload.
+        self.parser.max_payload += ROUTE_HEADER_ROOM
         self.front.conns.discard(self)          # a route is no client: not in /connz, no lame duck
         routes.attach(self.route, self)
         return True
