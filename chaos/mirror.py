@@ -68,21 +68,24 @@ class MirrorSide:
             await nc.close()
         raise FaultUnavailable(f"no runner for the {MIRROR_STREAM} pipeline within {timeout_s}s")
 
-    async def catch_up(self, last_seq: int, timeout_s: float) -> bool:
-        """Wait until the mirror holds the origin's last seq; False if it did not in time."""
+    async def last_seq(self) -> int:
+        """The mirror's last seq; 0 while it cannot be asked (no leader for a moment)."""
         nc, js = await self._js()
         try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                try:
-                    if (await js.stream_info(MIRROR_STREAM)).state.last_seq >= last_seq:
-                        return True
-                except Exception:  # noqa: BLE001 - no leader for a moment
-                    pass
-                await asyncio.sleep(0.5)
-            return False
+            return (await asyncio.wait_for(js.stream_info(MIRROR_STREAM), 10)).state.last_seq
+        except Exception:  # noqa: BLE001
+            return 0
         finally:
             await nc.close()
+
+    async def catch_up(self, last_seq: int, timeout_s: float) -> bool:
+        """Wait until the mirror holds the origin's last seq; False if it did not in time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self.last_seq() >= last_seq:
+                return True
+            await asyncio.sleep(0.5)
+        return False
 
     async def read(self) -> list[StoredMsg]:
         nc, js = await self._js()

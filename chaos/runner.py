@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Optional
 
 from . import history as H
+from .checker import MirrorVerdict
 from .delay import DelayLinks
 from .mirror import MIRROR_STREAM, ORIGIN_STREAM, ORIGIN_SUBJECT, RUNNER_PARTITION
 from .nemesis import FaultFailed, FaultUnavailable, Nemesis, expand
@@ -152,6 +153,16 @@ def inner(spec: dict) -> int:
 
 
 @dataclass
+class RunResult:
+    """What a run found, for its report."""
+    final: H.FinalState = field(default_factory=H.FinalState)
+    final_read: bool = False
+    problems: list[str] = field(default_factory=list)
+    mirror: Optional[MirrorVerdict] = None         # the mirror workload's comparison
+    copied_by_end: Optional[int] = None             # the mirror's last seq when the faults stopped
+
+
+@dataclass
 class Side:
     """Where a fault goes: a cluster's nemesis, or the mirror's runner partition."""
     inject: Callable[[str], Awaitable]
@@ -207,9 +218,8 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
                          [n.name for n in origin.nodes]) if "mirror" in clusters else None)
     clock_files = {n.name: n.env["RAFTBROKER_TEST_CLOCK_OFFSET_FILE"] for c in clusters.values() for n in c.nodes}
     rng = random.Random(opts.seed)
-    problems: list[str] = []
-    final_read = False
-    mirror_verdict = None
+    res = RunResult()
+    problems = res.problems
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):     # Ctrl-C reaches the whole process group
@@ -239,6 +249,10 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
             sides["runner"] = Side(RunnerPartition(mirror, net).inject, lambda fam: [fam])
         await _fault_loop(opts, rng, _schedule(opts, rng, sides), clusters, now, ops, problems, stop)
         await wl.halt()
+        if mirror:
+            # Evidence that the copy ran under the faults, not only after them.
+            res.copied_by_end = await mirror.last_seq()
+            _log(f"faults over: the mirror holds up to seq {res.copied_by_end}")
         _log("faults over: healing everything and waiting for the clusters")
         await _heal_all(clusters, spec)
         if stop.is_set():
@@ -253,12 +267,12 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
                 # be checked against what a working majority holds (the lagging node's digest
                 # then shows as divergent).
                 readable = readable and await asyncio.to_thread(_has_leader, c)
-        final = H.FinalState()
+        final = res.final
         if readable:
             try:
                 final.consumers = await wl.drain(stall_s=max(60.0, 2 * cfg.ack_wait_s))
                 if mirror:
-                    mirror_verdict = await _read_mirror(opts, wl, mirror, clusters["mirror"], final, problems)
+                    res.mirror = await _read_mirror(opts, wl, mirror, clusters["mirror"], final, problems)
                 else:
                     final.stream = await wl.read_stream()
                 # Clients gone, nothing changes the state any more (no fetches waiting, no push
@@ -266,14 +280,13 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
                 await wl.close()
                 wl = None
                 final.digests = await _digests(origin)
-                final_read = True
+                res.final_read = True
             except Exception as e:  # noqa: BLE001 - reported as the run's failure, with the logs
                 problems.append(f"the final state could not be read: {type(e).__name__}: {e}")
     except (FaultUnavailable, FaultFailed) as e:
         problems.append(f"{type(e).__name__}: {e}")
-        final = H.FinalState()
     except _Interrupted:
-        final = H.FinalState()      # "interrupted" is reported below
+        pass                        # "interrupted" is reported below
     finally:
         if wl is not None:
             await wl.close()
@@ -281,7 +294,9 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
             await asyncio.to_thread(c.stop)
         if delay is not None:
             await asyncio.to_thread(delay.stop)
-    return _report(opts, clusters, ops, final, final_read, mirror_verdict, problems + (["interrupted"] if stop.is_set() else []))
+    if stop.is_set():
+        problems.append("interrupted")
+    return _report(opts, clusters, ops, res)
 
 
 async def _read_mirror(opts, wl, mirror, mirror_cluster, final: H.FinalState, problems: list[str]):
@@ -304,8 +319,9 @@ async def _read_mirror(opts, wl, mirror, mirror_cluster, final: H.FinalState, pr
     return v
 
 
-def _report(opts, clusters, ops, final, final_read, mirror_verdict, problems) -> int:
+def _report(opts, clusters, ops, res: RunResult) -> int:
     """Node logs, history, summary.txt (verdict first), timeline; the exit code."""
+    final = res.final
     from .checker import check
     from .report import timeline, write_summary
     os.makedirs(os.path.join(opts.out, "nodes"), exist_ok=True)
@@ -317,7 +333,7 @@ def _report(opts, clusters, ops, final, final_read, mirror_verdict, problems) ->
     # Push deliveries have no request to time: a redelivery sent just before an ack
     # was confirmed may arrive a moment after it.
     verdict = check(ops, final, deliver_slack_s=1.0)
-    text = _verdict_text(verdict, mirror_verdict, problems, final_read)
+    text = _verdict_text(verdict, res)
     header = [f"nodes {opts.nodes}, duration {opts.duration:.0f}s, seed {opts.seed}, faults {','.join(opts.faults)}"
               + (f", workload {opts.workload}" if opts.workload != "default" else "")
               + (f", DELIBERATELY BROKEN BUILD: {opts.broken}" if opts.broken else ""),
@@ -325,7 +341,8 @@ def _report(opts, clusters, ops, final, final_read, mirror_verdict, problems) ->
               f"final stream {len(final.stream)} messages"]
     if len(clusters) > 1:
         header.append("clusters: " + "; ".join(f"{k} {','.join(n.name for n in c.nodes)}" for k, c in clusters.items())
-                      + f"; {MIRROR_STREAM} on the mirror cluster mirrors {ORIGIN_STREAM} of the origin")
+                      + f"; {MIRROR_STREAM} on the mirror cluster mirrors {ORIGIN_STREAM} of the origin"
+                      + f"; when the faults stopped it held up to seq {res.copied_by_end}")
     path = write_summary(opts.out, text, header)
     try:
         timeline(ops, os.path.join(opts.out, "timeline.png"), header[0])
@@ -333,13 +350,14 @@ def _report(opts, clusters, ops, final, final_read, mirror_verdict, problems) ->
         _log(f"timeline not drawn: {e}")
     with open(path) as f:
         print(f.read(), flush=True)
-    ok = verdict.ok and not problems and (mirror_verdict is None or mirror_verdict.ok)
+    ok = verdict.ok and not res.problems and (res.mirror is None or res.mirror.ok)
     return 0 if ok else 1
 
 
-def _verdict_text(verdict, mirror_verdict, problems: list[str], final_read: bool) -> str:
+def _verdict_text(verdict, res: RunResult) -> str:
     """The checker's summary, with the mirror comparison and the run's problems folded
     in: the first line is PASS only when all three are clean."""
+    mirror_verdict, problems, final_read = res.mirror, res.problems, res.final_read
     first, _, rest = verdict.summary().partition("\n")
     counts = first[len("FAIL"):] if final_read and not verdict.ok else ""
     if mirror_verdict is not None:

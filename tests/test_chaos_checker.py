@@ -376,3 +376,16 @@ def test_a_changed_header_or_time_and_a_message_the_origin_never_had_are_caught(
     mirror.append(checker.StoredMsg(6, "orders.v", (), b"never published", "t"))
     v = checker.check_mirror(origin, mirror)
     assert {k: n for k, n in v.counts.items() if n} == {"altered": 2, "unexpected": 1}, v.examples
+
+
+def test_a_broken_mirror_fails_the_runs_verdict_line():
+    from chaos.runner import RunResult, _verdict_text
+    ops, stream = sequential(3)
+    origin = stored(3)
+    clean = RunResult(final=FinalState(stream=stream), final_read=True, mirror=checker.check_mirror(origin, origin))
+    assert _verdict_text(check(ops, clean.final), clean).startswith("PASS")
+    broken = RunResult(final=FinalState(stream=stream), final_read=True,
+                       mirror=checker.check_mirror(origin, origin[:2]))
+    text = _verdict_text(check(ops, broken.final), broken)
+    assert text.splitlines()[0] == "FAIL mirror-lost=1", text
+    assert "mirror: origin 3 messages, mirror 2; lost=1" in text and "mirror-lost: seq=3" in text
