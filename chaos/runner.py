@@ -321,9 +321,9 @@ async def _read_mirror(opts, wl, mirror, mirror_cluster, final: H.FinalState, pr
 
 def _report(opts, clusters, ops, res: RunResult) -> int:
     """Node logs, history, summary.txt (verdict first), timeline; the exit code."""
-    final = res.final
     from .checker import check
     from .report import timeline, write_summary
+    final = res.final
     os.makedirs(os.path.join(opts.out, "nodes"), exist_ok=True)
     for c in clusters.values():
         for node in c.nodes:
