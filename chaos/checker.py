@@ -157,9 +157,9 @@ def _pct(x: Optional[float]) -> str:
 class _Found:
     """Counts and a few examples per anomaly."""
 
-    def __init__(self) -> None:
-        self.counts = {k: 0 for k in ANOMALIES}
-        self.examples: dict[str, list[dict[str, Any]]] = {k: [] for k in ANOMALIES}
+    def __init__(self, kinds: Iterable[str] = ANOMALIES) -> None:
+        self.counts = {k: 0 for k in kinds}
+        self.examples: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
 
     def add(self, kind: str, **example: Any) -> None:
         self.counts[kind] += 1
@@ -422,3 +422,74 @@ def _stats(ops: list[Op], publishes: list[Op], delivers: list[Op], acks: list[Op
         s.recoveries.append(Recovery(fault=f.value or "?", node=f.node, start_s=f.invoke, end_s=f.complete,
                                      recovery_s=rec))
     return s
+
+
+# -- mirrors ------------------------------------------------------------------------------
+MIRROR_LOST, MIRROR_DUPLICATED, MIRROR_MISNUMBERED = "lost", "duplicated", "misnumbered"
+MIRROR_ALTERED, MIRROR_UNEXPECTED = "altered", "unexpected"
+MIRROR_ANOMALIES = (MIRROR_LOST, MIRROR_DUPLICATED, MIRROR_MISNUMBERED, MIRROR_ALTERED, MIRROR_UNEXPECTED)
+
+
+@dataclass(frozen=True)
+class StoredMsg:
+    """One message as a full read of a stream returns it. Everything but `seq` is the
+    message's content, which a mirror must copy unchanged."""
+    seq: int
+    subject: str
+    headers: tuple = ()             # sorted (name, value) pairs: hashable and order-free
+    data: bytes = b""
+    time: str = ""
+
+    @property
+    def content(self) -> tuple:
+        return (self.subject, self.headers, self.data, self.time)
+
+
+@dataclass
+class MirrorVerdict:
+    origin: int                                     # messages read from the origin
+    mirror: int                                     # messages read from the mirror
+    counts: dict[str, int]                          # every name in MIRROR_ANOMALIES
+    examples: dict[str, list[dict[str, Any]]]
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.counts.values())
+
+    def line(self) -> str:
+        return (f"mirror: origin {self.origin} messages, mirror {self.mirror}; "
+                + " ".join(f"{k}={self.counts[k]}" for k in MIRROR_ANOMALIES))
+
+
+def check_mirror(origin: list[StoredMsg], mirror: list[StoredMsg]) -> MirrorVerdict:
+    """The mirror must equal the origin exactly. Per origin message: the same content at
+    the same seq is right; the content at other seqs only is *misnumbered*; the content
+    nowhere, while the mirror holds something else at that seq, is *altered* (a header,
+    the data, the subject or the time changed); nothing at all is *lost*. In the mirror:
+    every extra copy of one content is *duplicated*; content the origin never had, at a
+    seq the origin does not hold, is *unexpected*. Origin contents are unique here (each
+    carries its own msg id), so content identifies a message."""
+    found = _Found(MIRROR_ANOMALIES)
+    at_seq = {m.seq: m for m in mirror}
+    seqs_of: dict[tuple, list[int]] = defaultdict(list)
+    for m in mirror:
+        seqs_of[m.content].append(m.seq)
+    for o in origin:
+        seqs = seqs_of.get(o.content, [])
+        if o.seq in seqs:
+            continue
+        if seqs:
+            found.add(MIRROR_MISNUMBERED, origin_seq=o.seq, mirror_seqs=seqs, subject=o.subject)
+        elif o.seq in at_seq:
+            found.add(MIRROR_ALTERED, seq=o.seq, origin=o.content, mirror=at_seq[o.seq].content)
+        else:
+            found.add(MIRROR_LOST, seq=o.seq, subject=o.subject, data=o.data[:60])
+    for content, seqs in seqs_of.items():
+        for _ in seqs[1:]:
+            found.add(MIRROR_DUPLICATED, seqs=seqs, data=content[2][:60])
+    origin_contents = {o.content for o in origin}
+    origin_seqs = {o.seq for o in origin}
+    for m in mirror:
+        if m.content not in origin_contents and m.seq not in origin_seqs:
+            found.add(MIRROR_UNEXPECTED, seq=m.seq, subject=m.subject, data=m.data[:60])
+    return MirrorVerdict(len(origin), len(mirror), found.counts, found.examples)

@@ -15,6 +15,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, help="cluster size (3 or 5)")
     p.add_argument("--duration", type=float, help="seconds of faults")
     p.add_argument("--faults", help=f"comma-separated: {','.join(FAMILIES)}")
+    p.add_argument("--workload", default="default", choices=["default", "mirror"],
+                   help="mirror: a second cluster mirrors the first over external.servers, faults on both, "
+                        "and the mirror is checked against the origin message by message")
     p.add_argument("--seed", type=int, default=42, help="the same seed replays the same fault schedule")
     p.add_argument("--out", default="report", help="report directory")
     p.add_argument("--broken", default="", choices=["", "ack-before-commit", "skip-sync"],
@@ -30,7 +33,7 @@ def options(args):
         base["duration"] = args.duration
     if args.faults:
         base["faults"] = [f.strip() for f in args.faults.split(",") if f.strip()]
-    return RunOptions(seed=args.seed, out=args.out, broken=args.broken, **base)
+    return RunOptions(seed=args.seed, out=args.out, broken=args.broken, workload=args.workload, **base)
 
 
 def run_command(args) -> int:

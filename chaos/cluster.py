@@ -57,7 +57,10 @@ class Node:
 class Cluster:
     def __init__(self, root: str, n: int = 3, secret: Optional[str] = SECRET, extra: tuple = (),
                  env: Optional[dict] = None, hosts: Optional[list[str]] = None,
-                 exec_prefixes: Optional[list[list[str]]] = None, nats: bool = False):
+                 exec_prefixes: Optional[list[list[str]]] = None, nats: bool = False,
+                 names: Optional[list[str]] = None):
+        """names: the nodes' names (default n1..n<n>); a run with two clusters names
+        them apart (o1.., m1..) so every report says which cluster a node is in."""
         self.root = root
         self.secret = secret
         self.nodes = []
@@ -65,7 +68,7 @@ class Cluster:
         nats_ports = ports[3 * n:]
         for i in range(n):
             host = hosts[i] if hosts else "127.0.0.1"
-            name = f"n{i + 1}"
+            name = names[i] if names else f"n{i + 1}"
             self.nodes.append(Node(name, os.path.join(root, name), f"{host}:{ports[3 * i]}",
                                    f"{host}:{ports[3 * i + 1]}", f"{host}:{ports[3 * i + 2]}",
                                    os.path.join(root, f"{name}.log"), list(extra), dict(env or {}),

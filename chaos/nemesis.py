@@ -126,10 +126,12 @@ class Nemesis:
 
     async def _partition(self, name: str, groups: list[list[int]], bridge: Optional[int] = None) -> Injected:
         named = [self._names(g) for g in groups]
+        # Within this cluster only: the network may hold another cluster (a mirror run).
+        among = self._names(list(range(self.n)))
         if bridge is None:
-            await self._io(self.net.partition, named)
+            await self._io(self.net.partition, named, among)
         else:
-            await self._io(self.net.bridge, named[0], named[1], self.c.nodes[bridge].name)
+            await self._io(self.net.bridge, named[0], named[1], self.c.nodes[bridge].name, among)
 
         async def heal():
             await self._io(self.net.heal)

@@ -16,7 +16,8 @@ With a namespace each, a node's packets always carry its own address.
 Faults are iptables rules inside the *node* namespaces, in two dedicated chains
 jumped to from INPUT, so healing is a flush and nothing else is ever touched:
 
-- ``RBCHAOS-PART``: partitions (``partition``, ``isolate``, ``bridge``). Each
+- ``RBCHAOS-PART``: partitions (``partition``, ``isolate``, ``bridge``,
+  ``separate``). Each
   call replaces the previous partition, like a Jepsen nemesis start.
 - ``RBCHAOS-LOSS``: random packet loss (``loss``), also replaced per call, and
   independent of the partition, so the two compose.
@@ -494,19 +495,21 @@ class Network:
         self._set_chain(CHAIN_PART, drops)
         self._partition_desc = desc
 
-    def partition(self, groups: list[list[str]]) -> None:
+    def partition(self, groups: list[list[str]], among: Optional[list[str]] = None) -> None:
         """Nodes in different groups cannot reach each other; within a group and
-        from the client everything works. Every node must be in exactly one group.
-        Replaces any previous partition (loss stays)."""
+        from the client everything works. Every node of `among` (default: every
+        node) must be in exactly one group; nodes outside `among` are left alone,
+        so one cluster of a multi-cluster network can be split without touching
+        the others. Replaces any previous partition (loss stays)."""
+        among = self._check_nodes(among if among is not None else self.nodes)
         seen: list[str] = []
         for g in groups:
             seen += self._check_nodes(g)
-        if sorted(seen) != sorted(self.nodes):
+        if sorted(seen) != sorted(among):
             raise NetError(f"partition groups {groups} must name every node exactly once "
-                           f"(nodes: {self.nodes})")
+                           f"(nodes: {among})")
         group_of = {n: i for i, g in enumerate(groups) for n in g}
-        blocked = {(a, b) for a in self.nodes for b in self.nodes
-                   if group_of[a] != group_of[b]}
+        blocked = {(a, b) for a in among for b in among if group_of[a] != group_of[b]}
         self._apply_blocked(blocked, "partition " + " | ".join(",".join(g) for g in groups))
 
     def isolate(self, node: str) -> None:
@@ -514,17 +517,33 @@ class Network:
         self._check_nodes([node])
         self.partition([[node], [n for n in self.nodes if n != node]])
 
-    def bridge(self, left: list[str], right: list[str], shared: Union[str, list[str]]) -> None:
+    def separate(self, left: list[str], right: list[str]) -> None:
+        """`left` and `right` cannot talk to each other (both directions); every
+        other pair, and the client, is untouched. Replaces any previous partition."""
+        self._check_disjoint(left, right)
+        self._separate(left, right, f"separate {','.join(left)} | {','.join(right)}")
+
+    def bridge(self, left: list[str], right: list[str], shared: Union[str, list[str]],
+               among: Optional[list[str]] = None) -> None:
         """`left` and `right` cannot talk to each other; `shared` talks to both
-        (Jepsen's bridge: a majority-straddling node sees two minorities)."""
+        (Jepsen's bridge: a majority-straddling node sees two minorities). The three
+        must name every node of `among` (default: every node) exactly once."""
         shared_l = [shared] if isinstance(shared, str) else list(shared)
+        among = self._check_nodes(among if among is not None else self.nodes)
         every = self._check_nodes(left) + self._check_nodes(right) + self._check_nodes(shared_l)
-        if sorted(every) != sorted(self.nodes):
+        if sorted(every) != sorted(among):
             raise NetError(f"bridge left={left} right={right} shared={shared_l} must name "
-                           f"every node exactly once (nodes: {self.nodes})")
+                           f"every node exactly once (nodes: {among})")
+        self._separate(left, right, f"bridge {','.join(left)} <-{','.join(shared_l)}-> {','.join(right)}")
+
+    def _check_disjoint(self, left: list[str], right: list[str]) -> None:
+        self._check_nodes(left + right)
+        if not left or not right or set(left) & set(right):
+            raise NetError(f"separate needs two non-empty disjoint sets of nodes, got {left} and {right}")
+
+    def _separate(self, left: list[str], right: list[str], desc: str) -> None:
         blocked = {(a, b) for a in left for b in right} | {(b, a) for a in left for b in right}
-        self._apply_blocked(blocked, f"bridge {','.join(left)} <-{','.join(shared_l)}-> "
-                                     f"{','.join(right)}")
+        self._apply_blocked(blocked, desc)
 
     def loss(self, nodes: list[str], probability: float) -> None:
         """Drop each packet with `probability` on all node-to-node traffic that

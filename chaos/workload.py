@@ -24,6 +24,8 @@ PULL, PUSH = "pull", "grp"
 
 @dataclass
 class WorkloadConfig:
+    stream: str = STREAM
+    subject: str = SUBJECT              # every publish goes here; the stream takes `<first token>.>`
     sequential_publishers: int = 2
     windowed_publishers: int = 1
     window: int = 4
@@ -69,12 +71,14 @@ class Workload:
     async def setup(self) -> None:
         nc = await self._client()
         js = nc.jetstream()
-        await js.add_stream(name=STREAM, subjects=["chaos.>"], num_replicas=3, duplicate_window=120)
-        await js.add_consumer(STREAM, ConsumerConfig(durable_name=PULL, ack_policy="explicit",
+        stream = self.cfg.stream
+        await js.add_stream(name=stream, subjects=[self.cfg.subject.split(".", 1)[0] + ".>"], num_replicas=3,
+                            duplicate_window=120)
+        await js.add_consumer(stream, ConsumerConfig(durable_name=PULL, ack_policy="explicit",
                                                      ack_wait=self.cfg.ack_wait_s, max_ack_pending=10_000))
         # The push consumer is made once, here: workers that each created it would race,
         # and the loser's update would move its deliver subject away from the winner.
-        await js.add_consumer(STREAM, ConsumerConfig(durable_name=PUSH, deliver_subject=f"_CHAOS.{PUSH}",
+        await js.add_consumer(stream, ConsumerConfig(durable_name=PUSH, deliver_subject=f"_CHAOS.{PUSH}",
                                                      deliver_group=PUSH, ack_policy="explicit",
                                                      ack_wait=self.cfg.ack_wait_s, max_ack_pending=10_000))
 
@@ -123,7 +127,7 @@ class Workload:
     async def _publish(self, js, process: str, value: str) -> None:
         op = Op("publish", process, self.now(), value=value, msg_id=value)
         try:
-            ack = await js.publish(SUBJECT, value.encode(), msg_id=value, timeout=self.cfg.publish_timeout_s)
+            ack = await js.publish(self.cfg.subject, value.encode(), msg_id=value, timeout=self.cfg.publish_timeout_s)
             op.outcome, op.seq = OK, ack.seq
             self.acked += 1
         except Exception as e:  # noqa: BLE001 - every failure is recorded, none is fatal
@@ -156,7 +160,7 @@ class Workload:
 
     async def _puller(self, name: str, until_drained: Optional[asyncio.Event] = None) -> None:
         nc = await self._client()
-        sub = await nc.jetstream().pull_subscribe(SUBJECT, durable=PULL, stream=STREAM)
+        sub = await nc.jetstream().pull_subscribe(self.cfg.subject, durable=PULL, stream=self.cfg.stream)
         while not self.stop.is_set():
             asked = self.now()
             try:
@@ -190,7 +194,7 @@ class Workload:
 
         while not self.stop.is_set():
             try:
-                await nc.jetstream().subscribe(SUBJECT, queue=PUSH, durable=PUSH, stream=STREAM, cb=handle,
+                await nc.jetstream().subscribe(self.cfg.subject, queue=PUSH, durable=PUSH, stream=self.cfg.stream, cb=handle,
                                                manual_ack=True)
                 break
             except Exception:  # noqa: BLE001 - no leader yet: try again
@@ -212,7 +216,7 @@ class Workload:
         timed_out = True
         while time.monotonic() - best_at < stall_s:
             try:
-                infos = {c: await js.consumer_info(STREAM, c) for c in (PULL, PUSH)}
+                infos = {c: await js.consumer_info(self.cfg.stream, c) for c in (PULL, PUSH)}
             except Exception:  # noqa: BLE001
                 await asyncio.sleep(0.5)
                 continue
@@ -226,7 +230,7 @@ class Workload:
         await self.halt()
         out = {}
         for c in (PULL, PUSH):
-            i = await js.consumer_info(STREAM, c)
+            i = await js.consumer_info(self.cfg.stream, c)
             out[c] = {"num_pending": i.num_pending, "num_ack_pending": i.num_ack_pending,
                       "ack_floor": i.ack_floor.stream_seq,
                       # The drain ran (to the end, or until it timed out): the checker then
@@ -234,37 +238,49 @@ class Workload:
                       "drained": True, "drain_timed_out": timed_out}
         return out
 
-    async def read_stream(self) -> list[tuple[int, str]]:
-        """The final stream, in sequence order, through an ack-none consumer. After an
-        error a fresh consumer resumes after the last message read: a fetch whose reply
-        was lost has already moved an ack-none consumer past what it carried."""
-        patience = self.cfg.final_read_patience_s
-        js = (await self._client()).jetstream(timeout=patience)
-        out: list[tuple[int, str]] = []
-        give_up = time.monotonic() + patience
-        attempt = 0
-        while True:
-            attempt += 1
-            had = len(out)
-            try:
-                return await self._read_from(js, f"chaos-reader-{attempt}", out)
-            except Exception:  # noqa: BLE001 - no leader for a while: resume, unless stuck
-                if len(out) > had:
-                    give_up = time.monotonic() + patience
-                elif time.monotonic() > give_up:
-                    raise
-                await asyncio.sleep(0.5)
+    async def read_stream(self, row: Optional[Callable] = None) -> list:
+        """The final stream, in sequence order (see `read_all`); `row` makes each
+        message's entry, by default (seq, value)."""
+        js = (await self._client()).jetstream(timeout=self.cfg.final_read_patience_s)
+        return await read_all(js, self.cfg.stream, row or value_row, self.cfg.final_read_patience_s)
 
-    async def _read_from(self, js, name: str, out: list[tuple[int, str]]) -> list[tuple[int, str]]:
-        start = out[-1][0] + 1 if out else 1
-        info = await js.add_consumer(STREAM, ConsumerConfig(durable_name=name, ack_policy="none",
-                                                            deliver_policy="by_start_sequence",
-                                                            opt_start_seq=start))
-        sub = await js.pull_subscribe(SUBJECT, durable=info.name, stream=STREAM)
-        while True:
-            msgs = await sub.fetch(500, timeout=1.0)
-            if not msgs:
-                if (await js.consumer_info(STREAM, info.name)).num_pending == 0:
-                    return out
-                continue
-            out.extend((m.metadata.sequence.stream, m.data.decode()) for m in msgs)
+
+def value_row(m) -> tuple[int, str]:
+    return m.metadata.sequence.stream, m.data.decode()
+
+
+async def read_all(js, stream: str, row: Callable, patience_s: float) -> list:
+    """Every message of `stream`, in sequence order, through an ack-none consumer. After
+    an error a fresh consumer resumes after the last message read: a fetch whose reply
+    was lost has already moved an ack-none consumer past what it carried. Gives up after
+    `patience_s` without progress (no leader for that long)."""
+    out: list = []
+    last = [0]                  # the last seq read, whatever shape `row` gives entries
+    give_up = time.monotonic() + patience_s
+    attempt = 0
+    while True:
+        attempt += 1
+        had = len(out)
+        try:
+            return await _read_from(js, stream, f"chaos-reader-{attempt}", row, out, last)
+        except Exception:  # noqa: BLE001 - no leader for a while: resume, unless stuck
+            if len(out) > had:
+                give_up = time.monotonic() + patience_s
+            elif time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _read_from(js, stream: str, name: str, row: Callable, out: list, last: list) -> list:
+    info = await js.add_consumer(stream, ConsumerConfig(durable_name=name, ack_policy="none",
+                                                        deliver_policy="by_start_sequence",
+                                                        opt_start_seq=last[0] + 1))
+    sub = await js.pull_subscribe("", durable=info.name, stream=stream)
+    while True:
+        msgs = await sub.fetch(500, timeout=1.0)
+        if not msgs:
+            if (await js.consumer_info(stream, info.name)).num_pending == 0:
+                return out
+            continue
+        out.extend(row(m) for m in msgs)
+        last[0] = msgs[-1].metadata.sequence.stream

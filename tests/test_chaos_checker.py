@@ -336,3 +336,56 @@ def test_deleting_one_acked_value_yields_exactly_one_lost(history, data):
     kind = "lost-prefix" if i == 0 else "lost-postfix" if i == len(stream) - 1 else "lost-middle"
     if len(stream) > 1:
         assert v.counts[kind] == 1
+
+
+# -- mirrors -------------------------------------------------------------------------
+def stored(n, gap_at=None):
+    """An origin of n messages at seqs 1..n (one seq skipped at `gap_at`: a deleted message)."""
+    seqs = [s for s in range(1, n + 2) if s != gap_at][:n]
+    return [checker.StoredMsg(s, "orders.v", (("Nats-Msg-Id", f"id-{s}"),), f"v{s}".encode(),
+                              f"2026-01-01T00:00:{s:02d}Z") for s in seqs]
+
+
+def test_an_exact_mirror_passes_even_with_gaps_the_origin_has():
+    origin = stored(8, gap_at=4)
+    v = checker.check_mirror(origin, list(origin))
+    assert v.ok and v.line() == ("mirror: origin 8 messages, mirror 8; "
+                                 "lost=0 duplicated=0 misnumbered=0 altered=0 unexpected=0")
+
+
+def test_a_duplicated_a_missing_and_a_misnumbered_message_are_each_caught():
+    import dataclasses
+    origin = stored(10)
+    mirror = list(origin)
+    mirror.append(dataclasses.replace(origin[2], seq=11))       # v3 again at a seq of its own
+    del mirror[4]                                               # v5 never copied
+    mirror[6] = dataclasses.replace(mirror[6], seq=7)           # v8 stored at seq 7 (seq 8 empty)
+    v = checker.check_mirror(origin, mirror)
+    assert not v.ok
+    assert {k: n for k, n in v.counts.items() if n} == {"duplicated": 1, "lost": 1, "misnumbered": 1}, v.examples
+    assert v.examples["lost"][0]["seq"] == 5
+    assert v.examples["misnumbered"][0] == {"origin_seq": 8, "mirror_seqs": [7], "subject": "orders.v"}
+
+
+def test_a_changed_header_or_time_and_a_message_the_origin_never_had_are_caught():
+    import dataclasses
+    origin = stored(5)
+    mirror = list(origin)
+    mirror[1] = dataclasses.replace(mirror[1], headers=())                  # header dropped
+    mirror[3] = dataclasses.replace(mirror[3], time="2026-01-01T00:09:00Z")  # timestamp rewritten
+    mirror.append(checker.StoredMsg(6, "orders.v", (), b"never published", "t"))
+    v = checker.check_mirror(origin, mirror)
+    assert {k: n for k, n in v.counts.items() if n} == {"altered": 2, "unexpected": 1}, v.examples
+
+
+def test_a_broken_mirror_fails_the_runs_verdict_line():
+    from chaos.runner import RunResult, _verdict_text
+    ops, stream = sequential(3)
+    origin = stored(3)
+    clean = RunResult(final=FinalState(stream=stream), final_read=True, mirror=checker.check_mirror(origin, origin))
+    assert _verdict_text(check(ops, clean.final), clean).startswith("PASS")
+    broken = RunResult(final=FinalState(stream=stream), final_read=True,
+                       mirror=checker.check_mirror(origin, origin[:2]))
+    text = _verdict_text(check(ops, broken.final), broken)
+    assert text.splitlines()[0] == "FAIL mirror-lost=1", text
+    assert "mirror: origin 3 messages, mirror 2; lost=1" in text and "mirror-lost: seq=3" in text

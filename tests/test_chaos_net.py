@@ -81,9 +81,30 @@ def test_total_loss_cuts_nodes_apart_but_clients_still_reach_every_node():
     assert leftovers(f"rb-{run_id}-") == []
 
 
+def test_separate_cuts_exactly_between_two_sets_and_partition_can_stay_within_one_cluster():
+    # Two clusters on one network (a mirror run): a fault of one cluster, or a cut
+    # between a node of one and all of the other, leaves every other pair alone.
+    run_id = _run_id("s")
+    with Network(run_id, ["o1", "o2", "m1", "m2"]) as net, net.prober() as p:
+        net.separate(["m1"], ["o1", "o2"])
+        blocked = {pair for pair, res in p.matrix().items() if res != "ok"}
+        assert blocked == {("m1", "o1"), ("m1", "o2"), ("o1", "m1"), ("o2", "m1")}
+        assert net.faults().startswith("separate m1 | o1,o2")
+        net.partition([["o1"], ["o2"]], among=["o1", "o2"])
+        blocked = {pair for pair, res in p.matrix().items() if res != "ok"}
+        assert blocked == {("o1", "o2"), ("o2", "o1")}
+        net.heal()
+        assert set(p.matrix().values()) == {"ok"}
+    assert leftovers(f"rb-{run_id}-") == []
+
+
 def test_bad_shapes_and_names_are_refused():
     with pytest.raises(NetError, match="exactly once"):
         Network("x", ["n1", "n2", "n3"]).partition([["n1"], ["n2"]])
+    with pytest.raises(NetError, match="exactly once"):
+        Network("x", ["n1", "n2", "n3"]).partition([["n1"], ["n3"]], among=["n1", "n2"])
+    with pytest.raises(NetError, match="disjoint"):
+        Network("x", ["n1", "n2", "n3"]).separate(["n1"], ["n1", "n2"])
     with pytest.raises(NetError, match="unknown node"):
         Network("x", ["n1", "n2"]).isolate(CLIENT)
     with pytest.raises(NetError, match="run_id"):

@@ -4,6 +4,7 @@ nothing is left behind, also after a failed or interrupted run. Needs root and i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,23 @@ def test_ci_profile_passes_with_every_fault_injected(tmp_path):
     assert (tmp_path / "report" / "timeline.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "history.jsonl").stat().st_size > 0
     assert sorted(os.listdir(tmp_path / "report" / "nodes")) == ["n1.log", "n2.log", "n3.log"]
+    assert "teardown complete: no process, namespace or rule left behind" in out
+    _assert_clean()
+
+
+def test_mirror_workload_passes_with_faults_on_both_clusters_and_the_runner_cut_off(tmp_path):
+    rc, out = _chaos(tmp_path / "report", "--workload", "mirror", "--duration", "60", "--seed", "7")
+    summary = (tmp_path / "report" / "summary.txt").read_text()
+    assert rc == 0 and summary.startswith("PASS"), out[-4000:]
+    faults = re.findall(r"^fault (\S+) on (.*?): \d", summary, re.M)
+    assert any(name == "partition-runner" and re.fullmatch(r"m\d \| o1,o2,o3", on) for name, on in faults), summary
+    others = [on for name, on in faults if name != "partition-runner"]
+    assert any(re.search(r"\bo\d", on) for on in others), f"no fault on the origin cluster:\n{summary}"
+    assert any(re.search(r"\bm\d", on) for on in others), f"no fault on the mirror cluster:\n{summary}"
+    m = re.search(r"^mirror: origin (\d+) messages, mirror (\d+); lost=0 duplicated=0 misnumbered=0 altered=0 "
+                  r"unexpected=0$", summary, re.M)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) > 1000, summary
+    assert sorted(os.listdir(tmp_path / "report" / "nodes")) == [f"{c}{i}.log" for c in "mo" for i in (1, 2, 3)]
     assert "teardown complete: no process, namespace or rule left behind" in out
     _assert_clean()
 
