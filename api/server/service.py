@@ -36,6 +36,12 @@ MAX_HOT_FETCH = 256     # consumers per connection remembered as having a backlo
 # limit by at most ~1 MiB (64 messages of up to max_payload would not be).
 PUSH_BATCH_MSGS = 64
 PUSH_BATCH_BYTES = 1024 * 1024
+# Flow control (a push consumer with flow_control): a `100 FlowControl Request` after
+# every FC_BYTES delivered; delivery stalls once FC_BYTES more went out while that
+# request is still unanswered (so at most ~2 * FC_BYTES are unconfirmed).
+FC_BYTES = 256 * 1024
+FC_PREFIX = "$JS.FC."
+MAX_FC_OUTSTANDING = 65536      # flow-control requests awaiting an answer, node-wide
 
 
 class MaxWaitingError(JSError):
@@ -72,6 +78,8 @@ class JetStreamService:
         self._changed = asyncio.Event()
         self._waiting: dict[tuple[str, str], int] = {}      # (stream, consumer) -> waiting pulls
         self._push_loops: dict[tuple[str, str], asyncio.Task] = {}
+        self._fc: set[str] = set()              # flow-control reply subjects not answered yet
+        self._fc_ids = 0
         self._tasks: set[asyncio.Task] = set()
         self._leadership_hooks: list[Callable[[bool], None]] = []
         node.add_listener(self._on_events)
@@ -170,6 +178,12 @@ class JetStreamService:
         in force for the PUB right after it); push loops start in the background."""
         self.router.add(sub)
         self._spawn(self.ensure_push_loops())
+
+    def flow_control_answered(self, subject: str) -> None:
+        """A client answered a `100 FlowControl Request` (published to its `$JS.FC.` reply)."""
+        if subject in self._fc:
+            self._fc.discard(subject)
+            self.wake()
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.router.remove(sub)
@@ -279,15 +293,27 @@ class JetStreamService:
         hb = cfg.idle_heartbeat or 0
         last_sent = time.monotonic()
         full = False      # the last NextMsgs handed out a whole batch
+        fc_reply: Optional[str] = None      # the flow-control request awaiting its answer
+        fc_bytes = 0                        # bytes delivered since the last request (or answer)
+        batch_bytes = FC_BYTES if cfg.flow_control else PUSH_BATCH_BYTES
         try:
+            info = await self.read(lambda s: s.consumer_info(stream, cname))
+            # What idle heartbeats report: the last consumer and stream seqs delivered.
+            last_cseq, last_sseq = info.delivered.consumer_seq, info.delivered.stream_seq
             while True:
                 if not self.router.has_interest(subject):
                     return
+                if fc_reply is not None and fc_reply not in self._fc:
+                    fc_reply, fc_bytes = None, 0        # answered
+                stalled = fc_reply is not None and fc_bytes >= FC_BYTES
                 takers = [s for s in self.router.targets(subject, _sub_can_take) if s.conn.can_take()]
-                if not takers:
-                    # Back-pressure: nobody can take more; deliver nothing (and drop
-                    # nothing) until a subscriber's connection drains.
-                    await asyncio.sleep(self.config.tick_s)
+                if not takers or stalled:
+                    # Back-pressure: nobody can take more (or flow control waits for its
+                    # answer); deliver nothing (and drop nothing) until that changes.
+                    if hb and time.monotonic() - last_sent >= hb:
+                        self._heartbeat(subject, last_cseq, last_sseq, fc_reply)
+                        last_sent = time.monotonic()
+                    await self._wait_change(self.config.tick_s)
                     continue
                 # The read keeps an idle consumer from writing log entries. After a full
                 # batch there is most likely more, so propose at once: NextMsgs then
@@ -298,7 +324,7 @@ class JetStreamService:
                     ready, _ = await self.read(lambda s: s.consumer_work(stream, cname, time.time_ns()))
                 if ready:
                     try:
-                        msgs = await self.propose(NextMsgs(stream, cname, PUSH_BATCH_MSGS, PUSH_BATCH_BYTES))
+                        msgs = await self.propose(NextMsgs(stream, cname, PUSH_BATCH_MSGS, batch_bytes))
                     except (ConsumerNotFoundError, StreamNotFoundError, NotLeaderError):
                         raise
                     except JSError as e:
@@ -318,15 +344,18 @@ class JetStreamService:
                                 open_conns[sub.conn] = sub.conn.can_take()
                             if open_conns[sub.conn]:
                                 sub.conn.deliver(sub, subject, None, m.headers, m.data, m)
+                        fc_bytes += len(m.data) + len(m.subject)
+                        last_cseq, last_sseq = m.consumer_seq, m.stream_seq
                     full = len(msgs) >= PUSH_BATCH_MSGS
                     if msgs:
                         last_sent = time.monotonic()
+                        if cfg.flow_control and fc_reply is None and fc_bytes >= FC_BYTES \
+                                and len(self._fc) < MAX_FC_OUTSTANDING:
+                            fc_reply = self._flow_control_request(stream, cname, subject)
+                            fc_bytes = 0
                         continue
                 if hb and time.monotonic() - last_sent >= hb:
-                    for sub in self.router.targets(subject):
-                        if sub.conn.can_take():   # same bound as deliveries
-                            sub.conn.deliver(sub, subject, None, {"Status": "100", "Description": "Idle Heartbeat"},
-                                             b"", None)
+                    self._heartbeat(subject, last_cseq, last_sseq, fc_reply)
                     last_sent = time.monotonic()
                 await self._wait_change(self.config.tick_s)
         except (ConsumerNotFoundError, StreamNotFoundError, NotLeaderError):
@@ -336,8 +365,32 @@ class JetStreamService:
         except Exception:
             log.exception("push delivery failed", extra={"stream": stream, "consumer": cname})
         finally:
+            if fc_reply is not None:
+                self._fc.discard(fc_reply)
             if self._push_loops.get((stream, cname)) is asyncio.current_task():
                 self._push_loops.pop((stream, cname), None)
+
+    def _heartbeat(self, subject: str, last_cseq: int, last_sseq: int, fc_reply: Optional[str]) -> None:
+        """`100 Idle Heartbeat` as nats-server sends it: no reply, the last delivered consumer
+        and stream seqs (nats-py checks them for gaps), and while a flow-control request is
+        unanswered its reply subject as `Nats-Consumer-Stalled` (the client answers that)."""
+        headers = {"Status": "100", "Description": "Idle Heartbeat",
+                   "Nats-Last-Consumer": str(last_cseq), "Nats-Last-Stream": str(last_sseq)}
+        if fc_reply is not None:
+            headers["Nats-Consumer-Stalled"] = fc_reply
+        for sub in self.router.targets(subject):
+            if sub.conn.can_take():   # same bound as deliveries
+                sub.conn.deliver(sub, subject, None, headers, b"", None)
+
+    def _flow_control_request(self, stream: str, cname: str, subject: str) -> str:
+        self._fc_ids += 1
+        reply = f"{FC_PREFIX}{stream}.{cname}.{self._fc_ids}"
+        self._fc.add(reply)
+        for sub in self.router.targets(subject):
+            if sub.conn.can_take():
+                sub.conn.deliver(sub, subject, reply, {"Status": "100", "Description": "FlowControl Request"},
+                                 b"", None)
+        return reply
 
     # == time and events ==================================================================
     async def _ticker(self) -> None:

@@ -467,7 +467,8 @@ class NatsFront:
                 self._ack(conn, op)
                 return
             if subject.startswith(FC_PREFIX):
-                return          # flow control answered: delivery is paced by back-pressure already
+                self.service.flow_control_answered(subject)
+                return
         headers = C.decode_headers(op.headers) if op.headers else None
         if self.streams.captures(subject):
             self._js_publish(conn, op, headers)
@@ -487,7 +488,8 @@ class NatsFront:
         if s.startswith(DIRECT_GET):
             if s[len(DIRECT_GET):].partition(".")[0] in self.streams.direct:
                 return False
-        elif not (s.startswith(API_PREFIX) or s.startswith(ACK_PREFIX) or self.streams.captures(s)
+        elif not (s.startswith(API_PREFIX) or s.startswith(ACK_PREFIX) or s.startswith(FC_PREFIX)
+                  or self.streams.captures(s)
                   or (op.reply and conn.no_responders and not self.service.router.has_interest(s))):
             # The last: a request nobody here would answer may be a publish to a stream
             # this follower has not applied yet; the leader knows, and answers either way.
