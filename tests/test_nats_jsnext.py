@@ -2,27 +2,10 @@
 idle heartbeats and flow control, ordered consumers, and what KV / object store need."""
 import asyncio
 
-import nats
-import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from conftest import ServerProcess
 from e2e_util import until
-
-
-@pytest.fixture
-def nserver(tmp_path):
-    s = ServerProcess(str(tmp_path / "node"), "--nats-listen", "127.0.0.1:0").start()
-    assert s.nats_url, "the server did not print its nats address"
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-async def nc(nserver):
-    c = await nats.connect(nserver.nats_url, connect_timeout=5, max_reconnect_attempts=0)
-    yield c
-    await c.close()
+from test_nats_e2e import nc, nserver  # noqa: F401 - the same one-node fixtures
 
 
 async def _raw(nc, subject):
