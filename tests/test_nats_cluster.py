@@ -31,6 +31,7 @@ def cluster(tmp_path_factory):
     c.start()
     c.leader()
     c.wait_named()
+    c.wait_healthy()        # incl. every follower's NATS routes to the leader
     yield c
     c.stop()
 

@@ -11,22 +11,10 @@ import json
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamSource
 
-from cluster_util import Cluster
 from e2e_util import until
-from test_nats_cluster import nats_to, until_js_through
+from test_nats_cluster import cluster, nats_to, until_js_through  # noqa: F401 - cluster: the same 3-node fixture
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(str(tmp_path_factory.mktemp("seeds")), nats=True)
-    c.start()
-    c.leader()
-    c.wait_named()
-    c.wait_healthy()
-    yield c
-    c.stop()
 
 
 @pytest.fixture
