@@ -451,17 +451,18 @@ class MirrorVerdict:
     mirror: int                                     # messages read from the mirror
     counts: dict[str, int]                          # every name in MIRROR_ANOMALIES
     examples: dict[str, list[dict[str, Any]]]
+    label: str = "mirror"                           # which mirror of the run
 
     @property
     def ok(self) -> bool:
         return not any(self.counts.values())
 
     def line(self) -> str:
-        return (f"mirror: origin {self.origin} messages, mirror {self.mirror}; "
+        return (f"{self.label}: origin {self.origin} messages, mirror {self.mirror}; "
                 + " ".join(f"{k}={self.counts[k]}" for k in MIRROR_ANOMALIES))
 
 
-def check_mirror(origin: list[StoredMsg], mirror: list[StoredMsg]) -> MirrorVerdict:
+def check_mirror(origin: list[StoredMsg], mirror: list[StoredMsg], label: str = "mirror") -> MirrorVerdict:
     """The mirror must equal the origin exactly. Per origin message: the same content at
     the same seq is right; the content at other seqs only is *misnumbered*; the content
     nowhere, while the mirror holds something else at that seq, is *altered* (a header,
@@ -492,4 +493,4 @@ def check_mirror(origin: list[StoredMsg], mirror: list[StoredMsg]) -> MirrorVerd
     for m in mirror:
         if m.content not in origin_contents and m.seq not in origin_seqs:
             found.add(MIRROR_UNEXPECTED, seq=m.seq, subject=m.subject, data=m.data[:60])
-    return MirrorVerdict(len(origin), len(mirror), found.counts, found.examples)
+    return MirrorVerdict(len(origin), len(mirror), found.counts, found.examples, label)

@@ -18,6 +18,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default="default", choices=["default", "mirror"],
                    help="mirror: a second cluster mirrors the first over external.servers, faults on both, "
                         "and the mirror is checked against the origin message by message")
+    p.add_argument("--mirror-backlog", type=int, default=0, metavar="N",
+                   help="mirror workload: also publish N messages to a second origin stream before the faults "
+                        "and check its mirror, copied while the faults run, in full")
     p.add_argument("--seed", type=int, default=42, help="the same seed replays the same fault schedule")
     p.add_argument("--out", default="report", help="report directory")
     p.add_argument("--broken", default="", choices=["", "ack-before-commit", "skip-sync"],
@@ -33,7 +36,8 @@ def options(args):
         base["duration"] = args.duration
     if args.faults:
         base["faults"] = [f.strip() for f in args.faults.split(",") if f.strip()]
-    return RunOptions(seed=args.seed, out=args.out, broken=args.broken, workload=args.workload, **base)
+    return RunOptions(seed=args.seed, out=args.out, broken=args.broken, workload=args.workload,
+                      mirror_backlog=args.mirror_backlog, **base)
 
 
 def run_command(args) -> int:

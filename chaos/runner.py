@@ -25,7 +25,7 @@ from typing import Awaitable, Callable, Optional
 from . import history as H
 from .checker import MirrorVerdict
 from .delay import DelayLinks
-from .mirror import MIRROR_STREAM, ORIGIN_STREAM, ORIGIN_SUBJECT, RUNNER_PARTITION
+from .mirror import BACKLOG_MIRROR, BACKLOG_STREAM, MIRROR_STREAM, ORIGIN_STREAM, ORIGIN_SUBJECT, RUNNER_PARTITION
 from .nemesis import FaultFailed, FaultUnavailable, Nemesis, expand
 
 PROFILES = {
@@ -48,6 +48,7 @@ class RunOptions:
     snapshot_entries: int = 2000     # often enough that wiped nodes rejoin through snapshots
     recover_s: float = 90.0
     workload: str = "default"        # "mirror": a second cluster mirrors the first (see chaos/mirror.py)
+    mirror_backlog: int = 0          # mirror workload: a second origin stream of this many messages, mirrored too
 
 
 WORKLOADS = ("default", "mirror")
@@ -116,6 +117,8 @@ def _check_options(opts: RunOptions) -> None:
     expand(opts.faults)                       # unknown names raise ValueError
     if opts.workload not in WORKLOADS:
         raise ValueError(f"unknown workload {opts.workload!r}; workloads: {', '.join(WORKLOADS)}")
+    if opts.mirror_backlog and opts.workload != "mirror":
+        raise ValueError("--mirror-backlog needs --workload mirror")
     if opts.workload == "mirror":
         allowed = set(expand(list(MIRROR_FAULTS)))
         bad = [f for f in opts.faults if not set(expand([f])) <= allowed]
@@ -158,8 +161,8 @@ class RunResult:
     final: H.FinalState = field(default_factory=H.FinalState)
     final_read: bool = False
     problems: list[str] = field(default_factory=list)
-    mirror: Optional[MirrorVerdict] = None         # the mirror workload's comparison
-    copied_by_end: Optional[int] = None             # the mirror's last seq when the faults stopped
+    mirrors: list[MirrorVerdict] = field(default_factory=list)   # the mirror workload's comparisons
+    copied_by_end: dict[str, int] = field(default_factory=dict)   # each mirror's last seq when the faults stopped
 
 
 @dataclass
@@ -215,7 +218,8 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
     clusters = _clusters(opts, spec)
     origin = clusters["origin"]
     mirror = (MirrorSide([n.client for n in clusters["mirror"].nodes], [n.client for n in origin.nodes],
-                         [n.name for n in origin.nodes]) if "mirror" in clusters else None)
+                         [n.name for n in origin.nodes], backlog=opts.mirror_backlog)
+              if "mirror" in clusters else None)
     clock_files = {n.name: n.env["RAFTBROKER_TEST_CLOCK_OFFSET_FILE"] for c in clusters.values() for n in c.nodes}
     rng = random.Random(opts.seed)
     res = RunResult()
@@ -251,8 +255,8 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
         await wl.halt()
         if mirror:
             # Evidence that the copy ran under the faults, not only after them.
-            res.copied_by_end = await mirror.last_seq()
-            _log(f"faults over: the mirror holds up to seq {res.copied_by_end}")
+            res.copied_by_end = {name: await mirror.last_seq(name) for name in mirror.mirrors}
+            _log(f"faults over: the mirrors hold up to {_seqs(res.copied_by_end)}")
         _log("faults over: healing everything and waiting for the clusters")
         await _heal_all(clusters, spec)
         if stop.is_set():
@@ -272,7 +276,7 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
             try:
                 final.consumers = await wl.drain(stall_s=max(60.0, 2 * cfg.ack_wait_s))
                 if mirror:
-                    res.mirror = await _read_mirror(opts, wl, mirror, clusters["mirror"], final, problems)
+                    res.mirrors = await _read_mirrors(opts, wl, mirror, clusters["mirror"], final, problems)
                 else:
                     final.stream = await wl.read_stream()
                 # Clients gone, nothing changes the state any more (no fetches waiting, no push
@@ -299,24 +303,34 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
     return _report(opts, clusters, ops, res)
 
 
-async def _read_mirror(opts, wl, mirror, mirror_cluster, final: H.FinalState, problems: list[str]):
-    """The full origin (its values also feed the ordinary checker), then, once the mirror
-    has caught up (bounded), the full mirror; the comparison of the two."""
+def _seqs(by_stream: dict[str, int]) -> str:
+    return ", ".join(f"{name} seq {seq}" for name, seq in by_stream.items())
+
+
+async def _read_mirrors(opts, wl, mirror, mirror_cluster, final: H.FinalState, problems: list[str]):
+    """Per mirror: the full origin stream (the workload's values also feed the ordinary
+    checker), then, once the mirror has caught up (bounded), the full mirror; the
+    comparison of the two."""
     from .checker import check_mirror
     from .mirror import stored_row
-    origin = await wl.read_stream(stored_row)
-    final.stream = [(m.seq, m.data.decode()) for m in origin]
-    last = origin[-1].seq if origin else 0
-    if not await mirror.catch_up(last, opts.recover_s):
-        problems.append(f"the mirror did not reach origin seq {last} within {opts.recover_s:.0f}s")
-    copy = await mirror.read()
+    verdicts = []
+    for name, origin_name in mirror.mirrors.items():
+        if origin_name == ORIGIN_STREAM:
+            origin = await wl.read_stream(stored_row)
+            final.stream = [(m.seq, m.data.decode()) for m in origin]
+        else:
+            origin = await mirror.read(origin_name, origin=True)
+        last = origin[-1].seq if origin else 0
+        if not await mirror.catch_up(name, last, opts.recover_s):
+            problems.append(f"{name} did not reach origin seq {last} within {opts.recover_s:.0f}s")
+        v = check_mirror(origin, await mirror.read(name), "mirror" if name == MIRROR_STREAM else f"mirror {name}")
+        _log(v.line())
+        verdicts.append(v)
     try:
         await asyncio.to_thread(mirror_cluster.wait_same_digest, None, 60.0)
     except AssertionError as e:
         problems.append(f"the mirror cluster's replicas differ: {str(e)[:500]}")
-    v = check_mirror(origin, copy)
-    _log(v.line())
-    return v
+    return verdicts
 
 
 def _report(opts, clusters, ops, res: RunResult) -> int:
@@ -342,7 +356,9 @@ def _report(opts, clusters, ops, res: RunResult) -> int:
     if len(clusters) > 1:
         header.append("clusters: " + "; ".join(f"{k} {','.join(n.name for n in c.nodes)}" for k, c in clusters.items())
                       + f"; {MIRROR_STREAM} on the mirror cluster mirrors {ORIGIN_STREAM} of the origin"
-                      + f"; when the faults stopped it held up to seq {res.copied_by_end}")
+                      + (f", {BACKLOG_MIRROR} mirrors {BACKLOG_STREAM} ({opts.mirror_backlog} messages "
+                         "published before the faults)" if opts.mirror_backlog else "")
+                      + f"; when the faults stopped the mirrors held up to {_seqs(res.copied_by_end)}")
     path = write_summary(opts.out, text, header)
     try:
         timeline(ops, os.path.join(opts.out, "timeline.png"), header[0])
@@ -350,17 +366,17 @@ def _report(opts, clusters, ops, res: RunResult) -> int:
         _log(f"timeline not drawn: {e}")
     with open(path) as f:
         print(f.read(), flush=True)
-    ok = verdict.ok and not res.problems and (res.mirror is None or res.mirror.ok)
+    ok = verdict.ok and not res.problems and all(v.ok for v in res.mirrors)
     return 0 if ok else 1
 
 
 def _verdict_text(verdict, res: RunResult) -> str:
     """The checker's summary, with the mirror comparison and the run's problems folded
     in: the first line is PASS only when all three are clean."""
-    mirror_verdict, problems, final_read = res.mirror, res.problems, res.final_read
+    problems, final_read = res.problems, res.final_read
     first, _, rest = verdict.summary().partition("\n")
     counts = first[len("FAIL"):] if final_read and not verdict.ok else ""
-    if mirror_verdict is not None:
+    for mirror_verdict in reversed(res.mirrors):
         rest = mirror_verdict.line() + "\n" + "".join(
             f"  mirror-{k}: " + " ".join(f"{a}={b!r}" for a, b in ex.items()) + "\n"
             for k, exs in mirror_verdict.examples.items() for ex in exs) + rest

@@ -382,10 +382,23 @@ def test_a_broken_mirror_fails_the_runs_verdict_line():
     from chaos.runner import RunResult, _verdict_text
     ops, stream = sequential(3)
     origin = stored(3)
-    clean = RunResult(final=FinalState(stream=stream), final_read=True, mirror=checker.check_mirror(origin, origin))
+    clean = RunResult(final=FinalState(stream=stream), final_read=True, mirrors=[checker.check_mirror(origin, origin)])
     assert _verdict_text(check(ops, clean.final), clean).startswith("PASS")
     broken = RunResult(final=FinalState(stream=stream), final_read=True,
-                       mirror=checker.check_mirror(origin, origin[:2]))
+                       mirrors=[checker.check_mirror(origin, origin[:2])])
     text = _verdict_text(check(ops, broken.final), broken)
     assert text.splitlines()[0] == "FAIL mirror-lost=1", text
     assert "mirror: origin 3 messages, mirror 2; lost=1" in text and "mirror-lost: seq=3" in text
+
+
+def test_a_broken_backlog_mirror_fails_the_run_though_the_first_mirror_is_clean():
+    from chaos.runner import RunResult, _verdict_text
+    ops, stream = sequential(3)
+    origin = stored(3)
+    res = RunResult(final=FinalState(stream=stream), final_read=True, mirrors=[
+        checker.check_mirror(origin, origin), checker.check_mirror(origin, origin + origin[2:], "mirror BACKLOG_DR")])
+    text = _verdict_text(check(ops, res.final), res)
+    assert text.splitlines()[0] == "FAIL mirror-duplicated=1", text
+    lines = text.splitlines()
+    assert lines[1].startswith("mirror: origin 3 messages, mirror 3; lost=0 duplicated=0"), text
+    assert lines[2].startswith("mirror BACKLOG_DR: origin 3 messages, mirror 4; lost=0 duplicated=1"), text

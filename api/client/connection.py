@@ -267,6 +267,8 @@ class Client:
                 per = attempt or self.attempt_timeout
                 return await self._request_once(op, body, min(remaining, per) if multi else remaining)
             except NotLeaderError as e:
+                if not e.leader_addr:
+                    self._avoid = url   # it knows no leader: try the others first (it may be cut off)
                 self._move(url, e.leader_addr)
                 if loop.time() + pause >= deadline:
                     raise
