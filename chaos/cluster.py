@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -155,7 +156,7 @@ class Cluster:
         return self._get(node, "/raftz")[1]
 
     def digest(self, node: Node) -> dict:
-        return self._get(node, "/digest", timeout=10)[1]
+        return self._get(node, "/digest", timeout=60)[1]
 
     def healthz(self, node: Node) -> tuple[int, dict]:
         return self._get(node, "/healthz")
@@ -221,20 +222,23 @@ class Cluster:
             return False
 
     def wait_same_digest(self, indices: Optional[list[int]] = None, timeout_s: float = 60.0) -> dict:
-        """Wait until the nodes report equal stream digests; returns one of them."""
+        """Wait until the nodes report equal stream digests; returns one of them. The nodes
+        are asked at once, so their digests describe nearly the same moment even when
+        hashing a large stream takes seconds and entries still arrive (a mirror reports)."""
         indices = indices if indices is not None else range(len(self.nodes))
         deadline = time.monotonic() + timeout_s
         last = None
-        while time.monotonic() < deadline:
-            try:
-                ds = [self.digest(self.nodes[i]) for i in indices]
-            except OSError:
+        with ThreadPoolExecutor(len(indices)) as pool:
+            while time.monotonic() < deadline:
+                try:
+                    ds = list(pool.map(lambda i: self.digest(self.nodes[i]), indices))
+                except OSError:
+                    time.sleep(0.2)
+                    continue
+                last = ds
+                if all(d["streams"] == ds[0]["streams"] for d in ds) and ds[0]["streams"]:
+                    return ds[0]
                 time.sleep(0.2)
-                continue
-            last = ds
-            if all(d["streams"] == ds[0]["streams"] for d in ds) and ds[0]["streams"]:
-                return ds[0]
-            time.sleep(0.2)
         raise AssertionError(f"digests differ: {last}")
 
     def clients(self) -> list[str]:

@@ -131,12 +131,17 @@ class RunnerPartition:
     (their own cluster and the clients still reach them), so the copies stall until the
     pipelines' reads time out and resume, or the heal lets them through again."""
 
-    def __init__(self, side: MirrorSide, net):
+    def __init__(self, side: MirrorSide, net, log=None):
         self.side = side
         self.net = net
+        self.log = log
 
     async def inject(self, fault: str) -> Injected:
         runners = await self.side.runners()
+        if self.log:
+            # Where each copy stood when it was cut off: the evidence that a fault hit a copy in progress.
+            held = ", ".join([f"{name} seq {await self.side.last_seq(name)}" for name in self.side.mirrors])
+            self.log(f"{fault}: cutting {','.join(runners)} off the origin; the mirrors hold {held}")
         await asyncio.to_thread(self.net.separate, runners, self.side.origin_nodes)
 
         async def heal():

@@ -250,7 +250,7 @@ async def _inner(opts: RunOptions, spec: dict) -> int:
         net = _network(spec)
         sides = {k: Side(Nemesis(c, net, rng, clock_files, _log, delay).inject) for k, c in clusters.items()}
         if mirror:
-            sides["runner"] = Side(RunnerPartition(mirror, net).inject, lambda fam: [fam])
+            sides["runner"] = Side(RunnerPartition(mirror, net, _log).inject, lambda fam: [fam])
         await _fault_loop(opts, rng, _schedule(opts, rng, sides), clusters, now, ops, problems, stop)
         await wl.halt()
         if mirror:

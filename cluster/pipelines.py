@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
@@ -45,7 +46,10 @@ log = logging.getLogger("raftbroker.pipelines")
 class PipelineSettings:
     batch: int = 500                 # messages per fetch: the most a pipeline holds in flight
     batch_bytes: int = 256 * 1024    # bytes per fetch (one message larger than this comes alone)
-    fetch_wait_s: float = 1.0        # how long an idle fetch waits before the pipeline reports
+    fetch_wait_s: float = 1.0        # how long one fetch waits for new messages
+    # An idle pipeline reports (lag, skips, the origin's identity) this often, not after
+    # every empty fetch: each report is a Raft entry here and two fresh reads there.
+    idle_report_s: float = 5.0
     reconcile_s: float = 0.5         # how often every node compares wanted with running
     max_follower_lag: int = 5000     # entries behind the leader a follower may be and still run one
     backoff_min_s: float = 0.5
@@ -228,6 +232,7 @@ class Pipelines:
         sub = PullSubscription(js_origin, src.name, ci.name)
         try:
             expect = 1
+            reported = 0.0              # monotonic time of the last idle report; 0: none yet
             while True:
                 msgs = await _from_origin(sub.fetch(s.batch, timeout=s.fetch_wait_s, max_bytes=s.batch_bytes),
                                           src.name, err_code)
@@ -243,8 +248,11 @@ class Pipelines:
                                                 lag=msgs[-1].metadata.num_pending)
                     if acking:
                         await _ack_copied(msgs, state["last"])
-                else:
+                elif time.monotonic() - reported >= s.idle_report_s:
                     state = await self._idle_report(p, js_dest, js_origin, sub, info.created, err_code)
+                    reported = time.monotonic()
+                else:
+                    continue
                 if state.get("error"):
                     raise _Stall(state["error"])
                 backoff.reset()

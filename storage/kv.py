@@ -35,6 +35,9 @@ class RocksBackend:
     def get(self, key: bytes) -> Optional[bytes]:
         return self.db.get(key)
 
+    def frozen(self) -> "RocksSnapshot":
+        return RocksSnapshot(self.db.snapshot(), self.path)
+
     def scan(self, lo: bytes, hi: bytes, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         it = self.db.iter(self.read_opts)
         if reverse:
@@ -102,12 +105,33 @@ def verify_rocks_dir(path: str) -> int:
         backend.close()
 
 
+class RocksSnapshot:
+    """A point-in-time view of a RocksBackend for `get` only: in rocksdict 0.3.29 a
+    snapshot's iterators see later writes, its point reads do not."""
+
+    def __init__(self, snap, path: str):
+        self._snap = snap
+        self._path = path
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        try:
+            return self._snap[key]
+        except Exception as e:  # rocksdict raises a bare Exception, "key not found" for a miss
+            if e.args == ("key not found",):
+                return None
+            raise StoreCorruptError(f"RocksDB read failed in {self._path}: {e}") from e
+
+
 class MemoryBackend:
     def __init__(self):
         self.data: SortedDict = SortedDict()
 
     def get(self, key: bytes) -> Optional[bytes]:
         return self.data.get(key)
+
+    def frozen(self):
+        """A point-in-time view for `get`: a copy (memory streams are bounded by their limits)."""
+        return dict(self.data)
 
     def scan(self, lo: bytes, hi: bytes, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         # Materialise the keys first: the caller may write to the Tx while iterating,

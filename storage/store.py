@@ -43,7 +43,7 @@ from .errors import StoreCorruptError
 from .events import Event
 from .kv import MemoryBackend, RocksBackend, Tx
 from .partition import Partition
-from .stream import StreamRec, header_len, msg_size
+from .stream import StreamRec, header_len, msg_size, unpack_msg
 
 log = logging.getLogger("raftbroker.storage")
 
@@ -766,20 +766,35 @@ class Store:
 
     def digest(self) -> dict[str, str]:
         """Per stream, a digest of its messages, counters and consumer states."""
-        out = {}
+        return self.digest_view()()
+
+    def digest_view(self):
+        """What `digest` hashes, taken now, as a function that hashes it later. Taking it
+        is cheap (metadata and a frozen view of the messages); the hashing may then run
+        without the apply lock: a read that holds the lock for seconds stops this node
+        applying entries, and a node that cannot apply stops answering its leader."""
+        parts = []
         for p in (self.file, self.mem):
+            frozen = p.backend.frozen()
             for st in p.streams.values():
-                h = hashlib.sha256()
-                tx = Tx(p.backend)
                 info = self._stream_info(st).to_dict()
                 info.pop("ts", None)
-                h.update(msgpack.packb(info))
-                for seq, msg in st.scan(tx, st.first_seq):
-                    h.update(msgpack.packb((seq, msg), use_bin_type=True))
-                for name in sorted(st.consumers):
-                    h.update(msgpack.packb(st.consumers[name].info(st.name).to_dict()))
-                out[st.name] = h.hexdigest()
-        return out
+                consumers = [st.consumers[name].info(st.name).to_dict() for name in sorted(st.consumers)]
+                parts.append((st.name, st.sid, st.first_seq, st.last_seq, info, consumers, frozen))
+
+        def compute() -> dict[str, str]:
+            out = {}
+            for name, sid, first, last, info, consumers, frozen in parts:
+                h = hashlib.sha256(msgpack.packb(info))
+                for seq in range(max(first, 1), last + 1):
+                    raw = frozen.get(K.msg_key(sid, seq))
+                    if raw is not None:
+                        h.update(msgpack.packb((seq, unpack_msg(raw)), use_bin_type=True))
+                for c in consumers:
+                    h.update(msgpack.packb(c))
+                out[name] = h.hexdigest()
+            return out
+        return compute
 
     # == snapshots ====================================================================
     def load_memory_image(self, image: bytes) -> None:

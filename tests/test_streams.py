@@ -996,3 +996,19 @@ def test_a_failing_command_does_not_undo_the_others_in_its_entry(engine):
     assert results[2] == PubAck("S", 2)
     assert state(engine).messages == 2
 
+
+
+def test_a_digest_view_hashes_the_state_it_was_taken_at_not_later_writes(engine, storage_type):
+    # /digest takes the view under the apply lock and hashes it outside, while entries apply.
+    add(engine, storage=storage_type)
+    for i in range(5):
+        pub(engine, f"s.{i}", b"x%d" % i)
+    engine.apply(DeleteMsg("S", 2))
+    engine.apply(AddConsumer("S", ConsumerConfig(durable_name="c")))
+    before = engine.store.digest()
+    view = engine.store.digest_view()
+    pub(engine, "s.late", b"late")
+    engine.apply(DeleteMsg("S", 3))
+    engine.apply(NextMsgs("S", "c", batch=2))
+    assert view() == before
+    assert engine.store.digest() != before
