@@ -381,9 +381,11 @@ class Store:
     def _publish(self, cmd: Publish, ctx: _Ctx) -> PubAck:
         subject = cmd.subject
         # A subject in the route cache was validated when it was cached (only
-        # _publish fills it, after this check), so the check is skipped for it.
+        # _publish fills it, after this check), so the check is skipped for it. A `*` or a
+        # final `>` token is a literal here, as in nats-server (nats-py's KV writes keys
+        # such as "x.*" with validate_keys=False, and purges "hello.*" with a rollup).
         if not isinstance(subject, str) or (
-                subject not in self._routes and not subj.is_valid_subject(subject, allow_wildcards=False)):
+                subject not in self._routes and not subj.is_valid_subject(subject)):
             raise BadRequestError("invalid publish subject")
         st = self._route(ctx, subject)
         part = self._part(st)

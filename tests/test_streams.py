@@ -975,7 +975,7 @@ def test_commands_on_unknown_stream_fail_with_10059_and_change_nothing(engine, c
     Publish("s.a", b"x", {"k": 1}),
     Publish("s.a", b"x", {1: "v"}),
     Publish("s.a", b"x", ["k", "v"]),
-    Publish("s.*", b"x"),
+    Publish("s.>.a", b"x"),
     Publish("s..a", b"x"),
     PurgeStream("S", filter="s..x"),
 ])
@@ -1012,3 +1012,15 @@ def test_a_digest_view_hashes_the_state_it_was_taken_at_not_later_writes(engine,
     engine.apply(NextMsgs("S", "c", batch=2))
     assert view() == before
     assert engine.store.digest() != before
+
+
+def test_a_wildcard_token_in_a_published_subject_is_a_literal_and_a_rollup_on_it_purges_what_it_matches(engine):
+    # nats-server stores "k.*" as it is; nats-py's KV purge("hello.*") is such a rollup.
+    add(engine, subjects=["k.>"], allow_rollup_hdrs=True)
+    for s in ("k.a", "k.b", "k.*", "k.>"):
+        pub(engine, s, s.encode())
+    assert [engine.store.get_msg("S", seq=q).subject for q in (1, 2, 3, 4)] == ["k.a", "k.b", "k.*", "k.>"]
+    assert engine.store.get_msg("S", last_by_subj="k.a").seq == 1
+    pub(engine, "k.*", b"purge", {"Nats-Rollup": "sub"})
+    assert state(engine).messages == 1
+    assert engine.store.get_msg("S", seq=5).subject == "k.*"
