@@ -111,8 +111,27 @@ class StreamSource(Base):
 
 
 @dataclass
+class RePublish(Base):
+    """Every stored message is also sent, at most once, as a core message to `dest`."""
+    src: Optional[str] = None            # which subjects (default every one)
+    dest: Optional[str] = None
+    headers_only: bool = False
+
+
+@dataclass
+class StreamConsumerLimits(Base):
+    """Defaults (and ceilings) for the stream's consumers (2.10)."""
+    inactive_threshold: Optional[float] = None   # seconds
+    max_ack_pending: Optional[int] = None
+
+
+COMPRESSIONS = ("none", "s2")
+
+
+@dataclass
 class StreamConfig(Base):
-    _nested = {"mirror": StreamSource, "sources": StreamSource}
+    _nested = {"mirror": StreamSource, "sources": StreamSource, "republish": RePublish,
+               "consumer_limits": StreamConsumerLimits, "subject_transform": SubjectTransform}
     name: Optional[str] = None
     description: Optional[str] = None
     subjects: Optional[list] = None
@@ -137,6 +156,13 @@ class StreamConfig(Base):
     mirror: Optional[StreamSource] = None
     sources: Optional[list] = None           # of StreamSource
     metadata: Optional[dict] = None
+    mirror_direct: bool = False
+    republish: Optional[RePublish] = None
+    consumer_limits: Optional[StreamConsumerLimits] = None
+    first_seq: int = 0                       # the first message's sequence (0 and 1: 1)
+    subject_transform: Optional[SubjectTransform] = None    # applied to a captured subject before it is stored
+    # Accepted and echoed; RocksDB compresses every stream's blocks its own way.
+    compression: str = "none"
 
 
 @dataclass
@@ -254,7 +280,19 @@ def normalize_stream_config(cfg: StreamConfig, max_replicas: int = 1) -> StreamC
         raise err("roll-ups require the purge permission")
     if c.sealed:
         raise err("stream configuration for create can not be sealed")
+    c.compression = c.compression or "none"
+    if c.compression not in COMPRESSIONS:
+        raise err(f"invalid compression {c.compression!r}")
+    c.first_seq = _int(c.first_seq, "first_seq", err, 0)
+    if c.first_seq < 0:
+        raise err("first sequence can not be negative")
+    c.mirror_direct = bool(c.mirror_direct)
     _check_origins(c)
+    if c.mirror_direct and not c.mirror:
+        raise err("stream has no mirror but does have mirror direct")
+    if c.mirror and c.first_seq > 1:
+        raise js_error(10143, "stream mirrors can not have first sequence configured")
+    _check_consumer_limits(c)
     if c.mirror:
         if c.subjects:
             raise js_error(10034, "stream mirrors can not also contain subjects")
@@ -268,7 +306,46 @@ def normalize_stream_config(cfg: StreamConfig, max_replicas: int = 1) -> StreamC
         for b in c.subjects[i + 1:]:
             if subj.overlaps(a, b):
                 raise err(f"subject {a!r} overlaps with {b!r}")
+    _check_republish(c)
+    if c.subject_transform is not None:
+        t = c.subject_transform = SubjectTransform.from_dict(c.subject_transform)
+        t.src = t.src or ">"
+        if not t.dest or not subj.valid_transform(t.src, t.dest):
+            raise err(f"stream configuration for subject transform from '{t.src}' to '{t.dest}' not valid")
     return c
+
+
+def _check_republish(c: StreamConfig) -> None:
+    if c.republish is None:
+        return
+    err = StreamInvalidConfigError
+    r = c.republish = RePublish.from_dict(c.republish)
+    r.src = r.src or ">"
+    r.headers_only = bool(r.headers_only)
+    if not r.dest or not subj.is_valid_subject(r.dest):
+        raise err("stream configuration for republish destination is invalid")
+    if any(subj.overlaps(r.dest, s) for s in c.subjects):
+        # A republished message would be captured again, and republished again.
+        raise err("stream configuration for republish destination forms a cycle")
+    if not subj.is_valid_subject(r.src) or not subj.valid_transform(r.src, r.dest):
+        raise err(f"stream configuration for republish with transform from '{r.src}' to '{r.dest}' not valid")
+
+
+def _check_consumer_limits(c: StreamConfig) -> None:
+    if c.consumer_limits is None:
+        return
+    lim = c.consumer_limits = StreamConsumerLimits.from_dict(c.consumer_limits)
+    err = StreamInvalidConfigError
+    if lim.inactive_threshold is not None:
+        lim.inactive_threshold = _dur(lim.inactive_threshold, "consumer_limits.inactive_threshold", err) or None
+        if lim.inactive_threshold is not None and lim.inactive_threshold < 0:
+            raise err("consumer limits inactive threshold can not be negative")
+    if lim.max_ack_pending is not None:
+        lim.max_ack_pending = _int(lim.max_ack_pending, "consumer_limits.max_ack_pending", err, 0) or None
+        if lim.max_ack_pending is not None and lim.max_ack_pending < -1:
+            raise err("consumer limits max ack pending can not be below -1")
+    if lim.inactive_threshold is None and lim.max_ack_pending is None:
+        c.consumer_limits = None
 
 
 def _check_origins(c: StreamConfig) -> None:
@@ -295,6 +372,9 @@ def _check_origins(c: StreamConfig) -> None:
         for t in o.subject_transforms or []:
             if t.dest and not subj.valid_transform(t.src, t.dest):
                 raise err(f"invalid subject transform destination {t.dest!r}")
+        filters = o.filters
+        if any(subj.overlaps(a, b) for i, a in enumerate(filters) for b in filters[i + 1:]):
+            raise js_error(10147, "source filters can not overlap", 400)
         if o.external and o.external.servers is not None and not (
                 isinstance(o.external.servers, list) and all(isinstance(a, str) and a for a in o.external.servers)):
             raise err("external servers must be a list of host:port addresses")
@@ -360,6 +440,13 @@ def normalize_consumer_config(cfg: ConsumerConfig, stream: StreamConfig, max_ack
     if not isinstance(cfg, ConsumerConfig):
         raise ConsumerCreateError("consumer config invalid")
     c = dataclasses.replace(cfg)
+    limits = stream.consumer_limits
+    if limits is not None:
+        # The stream's defaults for what the consumer leaves unset (2.10's consumer_limits).
+        if not c.max_ack_pending and limits.max_ack_pending:
+            c.max_ack_pending = limits.max_ack_pending
+        if not c.inactive_threshold and limits.inactive_threshold:
+            c.inactive_threshold = limits.inactive_threshold
     if c.durable_name and c.name and c.durable_name != c.name:
         raise _cons_err(10132, "consumer durable and name have to be equal if both are provided")
     for n in (c.name, c.durable_name):

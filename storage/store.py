@@ -23,7 +23,7 @@ from .commands import (
     DeleteStream, Entry, NextMsgs, Publish, PurgeStream, SourceCopy, Sweep, Touch, UpdateStream,
 )
 from jetstream.config import (
-    check_consumer_update, check_stream_update, normalize_consumer_config, normalize_stream_config,
+    StreamConfig, check_consumer_update, check_stream_update, normalize_consumer_config, normalize_stream_config,
     normalize_update_config, ns,
 )
 from jetstream.errors import (
@@ -309,6 +309,8 @@ class Store:
             raise StreamNameExistError()
         self._check_catalog(ctx, cfg, exclude=None)
         st = StreamRec(part.next_sid, cfg, ctx.now)
+        if cfg.first_seq > 1:
+            st.first_seq, st.last_seq = cfg.first_seq, cfg.first_seq - 1
         part.next_sid += 1
         part.add_stream(st)
         self._routes.clear()
@@ -391,6 +393,9 @@ class Store:
         part = self._part(st)
         tx = part.tx
         cfg = st.config
+        t = cfg.subject_transform
+        if t is not None and subj.matches(t.src, subject):
+            subject = subj.transform(t.src, t.dest, subject)     # stored, and matched by consumers, as this
         now = ctx.now
         data = cmd.data
         headers = cmd.headers or None
@@ -436,7 +441,10 @@ class Store:
                     raise StreamRollupFailedError(f"rollup value invalid: {rollup!r}")
         self._check_admit(st, tx, subject, headers, data)
         part.touched.add(cfg.name)
+        last = st.last_seq
         seq, stored = self._store(st, tx, subject, headers, data, now)
+        if stored and cfg.republish and subj.matches(cfg.republish.src, subject):
+            ctx.events.append(_republished(cfg, subject, headers, data, seq, last, now))
         if stored:
             if rollup == "sub":
                 self._purge(st, tx, subject, None, 1)
@@ -826,3 +834,18 @@ def _as_int(v) -> int:
 def _ephemeral_name(stream: str, index: int, pos: int) -> str:
     # Deterministic, so every replica names the ephemeral consumer alike.
     return hashlib.sha256(f"{stream}\x00{index}\x00{pos}".encode()).hexdigest()[:12].upper()
+
+
+def _republished(cfg: StreamConfig, subject: str, headers: Optional[dict], data: bytes, seq: int, last: int,
+                 ts: int) -> Event:
+    """The core message a stream's `republish` sends for a stored message (its leader
+    sends it, at most once; the time header is added there, in JSON's format)."""
+    r = cfg.republish
+    out = dict(headers or {})
+    out.update({"Nats-Stream": cfg.name, "Nats-Subject": subject, "Nats-Sequence": str(seq),
+                "Nats-Last-Sequence": str(last)})
+    if r.headers_only:
+        out["Nats-Msg-Size"] = str(len(data))
+        data = b""
+    return Event("republish", cfg.name, stream_seq=seq, subject=subj.transform(r.src, r.dest, subject),
+                 headers=out, data=data, time=ts)

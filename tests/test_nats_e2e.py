@@ -267,3 +267,18 @@ async def test_nats_py_mirror_and_sources_fill_and_a_missing_origin_is_an_error(
         assert info.mirror.name == "ORIGIN" and info.state.messages == 3
     finally:
         await rb.close()
+
+
+async def test_republish_sends_each_stored_message_once_as_a_core_message(nc):
+    js = nc.jetstream()
+    await js.add_stream(name="RP", subjects=["rp.>"], republish={"src": ">", "dest": "copy.>"})
+    sub = await nc.subscribe("copy.>")
+    await js.publish("rp.one", b"hello", headers={"h": "v"})
+    msg = await sub.next_msg(timeout=5)
+    assert (msg.subject, msg.data) == ("copy.rp.one", b"hello")
+    assert msg.headers["Nats-Stream"] == "RP" and msg.headers["Nats-Sequence"] == "1"
+    assert msg.headers["Nats-Subject"] == "rp.one" and msg.headers["h"] == "v"
+    assert msg.headers["Nats-Time-Stamp"].endswith("Z")
+    with pytest.raises(NatsTimeout):
+        await sub.next_msg(timeout=0.5)            # once
+    assert (await js.stream_info("RP")).config.republish.dest == "copy.>"

@@ -7,7 +7,7 @@ command, with a clock the test moves by hand (never the wall clock).
 import pytest
 
 from storage import (
-    Ack, AddConsumer, AddStream, ConsumerConfig, DeleteConsumer, DeleteMsg, DeleteStream, JSError, NextMsgs,
+    Ack, AddConsumer, AddStream, ConsumerConfig, DeleteConsumer, DeleteMsg, DeleteStream, Entry, JSError, NextMsgs,
     PubAck, Publish, PurgeStream, StreamConfig, Sweep, UpdateStream,
 )
 from jetstream.config import check_stream_update, normalize_stream_config
@@ -1024,3 +1024,56 @@ def test_a_wildcard_token_in_a_published_subject_is_a_literal_and_a_rollup_on_it
     pub(engine, "k.*", b"purge", {"Nats-Rollup": "sub"})
     assert state(engine).messages == 1
     assert engine.store.get_msg("S", seq=5).subject == "k.*"
+
+
+# == 2.10 stream features (nats-py's V210FeaturesTest and KV republish) =================
+def test_first_seq_numbers_the_first_message(engine, storage_type):
+    add(engine, storage=storage_type, first_seq=1000)
+    assert (state(engine).first_seq, state(engine).last_seq) == (1000, 999)
+    assert [pub(engine).seq for _ in range(3)] == [1000, 1001, 1002]
+    assert (state(engine).first_seq, state(engine).last_seq, state(engine).messages) == (1000, 1002, 3)
+
+
+def test_mirror_direct_needs_a_mirror_and_a_mirror_no_first_seq(engine):
+    err = fails(engine, AddStream(StreamConfig(name="M", mirror_direct=True)))
+    assert (err.err_code, err.description) == (10052, "stream has no mirror but does have mirror direct")
+    assert fails(engine, AddStream(StreamConfig(name="M", mirror={"name": "O"}, first_seq=5))).err_code == 10143
+
+
+def test_compression_is_none_or_s2(engine):
+    assert add(engine).config.compression == "none"
+    assert add(engine, name="Z", subjects=["z"], compression="s2").config.compression == "s2"
+    assert fails(engine, AddStream(StreamConfig(name="X", subjects=["x"], compression="s3"))).err_code == 10052
+
+
+def test_consumer_limits_fill_what_a_consumer_leaves_unset(engine):
+    add(engine, consumer_limits={"inactive_threshold": 3600.0, "max_ack_pending": 1000})
+    c = engine.apply(AddConsumer("S", ConsumerConfig(durable_name="c"))).config
+    assert (c.max_ack_pending, c.inactive_threshold) == (1000, 3600.0)
+    own = engine.apply(AddConsumer("S", ConsumerConfig(durable_name="d", max_ack_pending=7))).config
+    assert own.max_ack_pending == 7
+
+
+def test_a_stream_subject_transform_stores_the_transformed_subject(engine):
+    add(engine, subjects=["test", "foo"], subject_transform={"src": ">", "dest": "transformed.>"})
+    assert pub(engine, "test").seq == 1
+    assert engine.store.get_msg("S", seq=1).subject == "transformed.test"
+    assert engine.apply(AddConsumer("S", ConsumerConfig(durable_name="c", filter_subject="transformed.test"))
+                        ).num_pending == 1
+
+
+def test_overlapping_source_filters_fail_with_10147(engine):
+    src = {"name": "O", "subject_transforms": [{"src": ">", "dest": "a.>"}, {"src": ">", "dest": "b.>"}]}
+    assert fails(engine, AddStream(StreamConfig(name="AGG", sources=[src]))).err_code == 10147
+
+
+def test_republish_announces_each_stored_message_for_the_leader_to_send(engine):
+    add(engine, subjects=["k.>"], republish={"src": "k.*", "dest": "bar.{{wildcard(1)}}", "headers_only": True})
+    res = engine.store.apply(Entry(next(engine.index), engine.now, [Publish("k.a", b"twelve bytes", {"h": "v"}),
+                                                                    Publish("k.a.deep", b"not matched")]))
+    (ev,) = [e for e in res.events if e.kind == "republish"]
+    assert (ev.subject, ev.data, ev.stream_seq, ev.time) == ("bar.a", b"", 1, engine.now)
+    assert ev.headers == {"h": "v", "Nats-Stream": "S", "Nats-Subject": "k.a", "Nats-Sequence": "1",
+                          "Nats-Last-Sequence": "0", "Nats-Msg-Size": "12"}
+    cycle = fails(engine, AddStream(StreamConfig(name="C", subjects=["c.>"], republish={"dest": "c.x"})))
+    assert cycle.description == "stream configuration for republish destination forms a cycle"

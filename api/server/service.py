@@ -26,6 +26,7 @@ from jetstream.results import ConsumerInfo, DeliveredMsg
 from storage import Ack, NextMsgs, Publish, Sweep, Touch
 
 from .metrics import NodeMetrics
+from .nats.jsjson import rfc3339
 from .subs import SubjectRouter, Subscription
 
 log = logging.getLogger("raftbroker.server")
@@ -428,6 +429,8 @@ class JetStreamService:
                 self._spawn(self._advisory(ev))
             elif ev.kind in ("consumer_deleted", "stream_deleted"):
                 wake = True
+            elif ev.kind == "republish" and self.node.is_leader:
+                self.deliver_core(ev.subject, ev.data, {**ev.headers, "Nats-Time-Stamp": rfc3339(ev.time)})
         if wake:
             self.wake()
 

@@ -55,17 +55,34 @@ def stream_config_in(body: dict) -> StreamConfig:
     for k in STREAM_DURATIONS:
         if k in d:
             d[k] = _ns_to_s(d[k]) or 0.0
+    if isinstance(d.get("consumer_limits"), dict):
+        limits = d["consumer_limits"] = dict(d["consumer_limits"])
+        if "inactive_threshold" in limits:
+            limits["inactive_threshold"] = _ns_to_s(limits["inactive_threshold"])
+    _origin_times(d, parse_rfc3339)
     return StreamConfig.from_dict(d)
+
+
+def _origin_times(d: dict, convert) -> None:
+    """A mirror's or source's `opt_start_time`: RFC 3339 in JSON, unix ns in the model."""
+    origins = ([d["mirror"]] if isinstance(d.get("mirror"), dict) else []) + [
+        s for s in d.get("sources") or [] if isinstance(s, dict)]
+    for o in origins:
+        if o.get("opt_start_time"):
+            o["opt_start_time"] = convert(o["opt_start_time"])
 
 
 def stream_config_out(cfg: StreamConfig) -> dict:
     d = cfg.to_dict()
     for k in STREAM_DURATIONS:
         d[k] = _s_to_ns(d.get(k))
-    d.setdefault("compression", "none")
     d.setdefault("allow_direct", False)
-    d.setdefault("mirror_direct", False)
-    d.setdefault("consumer_limits", {})
+    limits = d.setdefault("consumer_limits", {})
+    if limits.get("inactive_threshold"):
+        limits["inactive_threshold"] = _s_to_ns(limits["inactive_threshold"])
+    if not d.get("first_seq"):
+        d.pop("first_seq", None)        # omitted unless set, as nats-server sends it
+    _origin_times(d, rfc3339)
     return d
 
 
