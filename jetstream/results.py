@@ -47,6 +47,12 @@ class ClusterInfo(Base):
     leader: Optional[str] = None
     replicas: list[PeerInfo] = field(default_factory=list)
 
+    def asked(self, num_replicas: int) -> "ClusterInfo":
+        """The block as NATS shows a stream of `num_replicas`: its leader and that many
+        replicas less one (an R1 stream, none). Every node here holds every stream; the
+        node's own status (/raftz, cluster status) lists all of them."""
+        return ClusterInfo(self.name, self.leader, self.replicas[:max(0, num_replicas - 1)])
+
 
 @dataclass
 class StreamSourceInfo(Base):

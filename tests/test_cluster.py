@@ -104,9 +104,13 @@ async def test_replicates_to_all_nodes_through_any_node(cluster):
     assert info.cluster.leader == cluster.nodes[li].name
     assert sorted(r.name for r in info.cluster.replicas) == sorted(
         n.name for i, n in enumerate(cluster.nodes) if i != li)
+    # An R1 stream is stored on every node too, but shows the replicas it asked for: none, as in NATS.
+    await js.add_stream(name="ONE", subjects=["one"], num_replicas=1)
+    one = await js.stream_info("ONE")
+    assert one.cluster.leader == cluster.nodes[li].name and one.cluster.replicas == []
     await nc.close()
     d = cluster.wait_same_digest()
-    assert d["messages"] == {"S": 10_000}
+    assert d["messages"] == {"S": 10_000, "ONE": 0}
 
 
 async def test_leader_sigkill_during_publishes_loses_nothing(cluster):

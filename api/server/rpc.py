@@ -336,7 +336,8 @@ class Server:
 
     async def op_stream_info(self, conn, body):
         name = self._name(body)
-        return self.service.with_cluster((await self.service.read_fresh(lambda s: s.stream_info(name))).to_dict())
+        info = await self.service.read_fresh(lambda s: s.stream_info(name))
+        return self.service.with_cluster(info.to_dict(), info.config.num_replicas)
 
     async def op_stream_names(self, conn, body):
         subject = body.get("subject")
@@ -444,8 +445,9 @@ class Server:
 
     async def op_consumer_info(self, conn, body):
         stream, name = self._name(body, "stream"), self._name(body)
-        info = await self.service.read_fresh(lambda s: s.consumer_info(stream, name))
-        return self.service.with_cluster(self.service.with_waiting(info).to_dict())
+        info, replicas = await self.service.read_fresh(
+            lambda s: (s.consumer_info(stream, name), s.stream_info(stream).config.num_replicas))
+        return self.service.with_cluster(self.service.with_waiting(info).to_dict(), replicas)
 
     async def op_consumer_names(self, conn, body):
         stream = self._name(body, "stream")

@@ -126,10 +126,20 @@ class JetStreamService:
         """A read a client sees: on the leader, after a read barrier (see RaftNode.read)."""
         return await self.node.read(fn, fresh=True)
 
-    def with_cluster(self, d: dict) -> dict:
+    def cluster_view(self, num_replicas: int) -> Optional[dict]:
+        """The `cluster` block of a stream's (or its consumers') info; None on one node."""
         cluster = self.node.cluster_info()
+        if cluster is None:
+            return None
+        d = cluster.asked(num_replicas).to_dict()
+        if not d.get("replicas"):
+            d.pop("replicas", None)     # omitted when empty, as nats-server sends it
+        return d
+
+    def with_cluster(self, d: dict, num_replicas: int) -> dict:
+        cluster = self.cluster_view(num_replicas)
         if cluster is not None:
-            d["cluster"] = cluster.to_dict()
+            d["cluster"] = cluster
         return d
 
     def with_waiting(self, info: ConsumerInfo) -> ConsumerInfo:

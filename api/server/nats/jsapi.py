@@ -115,13 +115,10 @@ class JetStreamApi:
 
     # == streams ===========================================================================
     def _stream_reply(self, info, kind: str, **extra) -> dict:
-        out = {"type": f"io.nats.jetstream.api.v1.{kind}", **stream_info_out(info, self._cluster())}
+        out = {"type": f"io.nats.jetstream.api.v1.{kind}",
+               **stream_info_out(info, self.service.cluster_view(info.config.num_replicas))}
         out.update(extra)
         return out
-
-    def _cluster(self):
-        c = self.service.node.cluster_info()
-        return c.to_dict() if c is not None else None
 
     async def stream_create(self, args, body):
         name = self._one(args)
@@ -174,9 +171,9 @@ class JetStreamApi:
         subject = body.get("subject") or None     # "" lists every stream, as nats-server does
         infos = await self.service.read_fresh(lambda s: [s.stream_info(n) for n in s.stream_names(subject)])
         page, meta = _page(infos, body, LIST_LIMIT)
-        cluster = self._cluster()
         return {"type": "io.nats.jetstream.api.v1.stream_list_response", **meta,
-                "streams": [stream_info_out(i, cluster) for i in page], "missing": []}
+                "streams": [stream_info_out(i, self.service.cluster_view(i.config.num_replicas)) for i in page],
+                "missing": []}
 
     async def stream_purge(self, args, body):
         r = await self.service.propose(PurgeStream(self._one(args), body.get("filter"), body.get("seq"),
@@ -235,8 +232,9 @@ class JetStreamApi:
                 cfg = cfg.evolve(name="".join(secrets.choice(_NAME_CHARS) for _ in range(8)))
         info = await self.service.propose(AddConsumer(stream, cfg, body.get("action") or ""))
         await self.service.consumer_changed(stream, info)
+        replicas = await self.service.read(lambda s: s.stream_info(stream).config.num_replicas)
         return {"type": "io.nats.jetstream.api.v1.consumer_create_response",
-                **consumer_info_out(self.service.with_waiting(info), self._cluster())}
+                **consumer_info_out(self.service.with_waiting(info), self.service.cluster_view(replicas))}
 
     async def consumer_create(self, args, body):
         if not args or not args[0]:
@@ -264,9 +262,10 @@ class JetStreamApi:
 
     async def consumer_info(self, args, body):
         stream, name = self._two(args)
-        info = await self.service.read_fresh(lambda s: s.consumer_info(stream, name))
+        info, replicas = await self.service.read_fresh(
+            lambda s: (s.consumer_info(stream, name), s.stream_info(stream).config.num_replicas))
         return {"type": "io.nats.jetstream.api.v1.consumer_info_response",
-                **consumer_info_out(self.service.with_waiting(info), self._cluster())}
+                **consumer_info_out(self.service.with_waiting(info), self.service.cluster_view(replicas))}
 
     async def consumer_names(self, args, body):
         stream = self._one(args)
@@ -276,9 +275,10 @@ class JetStreamApi:
 
     async def consumer_list(self, args, body):
         stream = self._one(args)
-        infos = await self.service.read_fresh(lambda s: [s.consumer_info(stream, n) for n in s.consumer_names(stream)])
+        infos, replicas = await self.service.read_fresh(lambda s: (
+            [s.consumer_info(stream, n) for n in s.consumer_names(stream)], s.stream_info(stream).config.num_replicas))
         page, meta = _page(infos, body, LIST_LIMIT)
-        cluster = self._cluster()
+        cluster = self.service.cluster_view(replicas)
         return {"type": "io.nats.jetstream.api.v1.consumer_list_response", **meta,
                 "consumers": [consumer_info_out(self.service.with_waiting(i), cluster) for i in page],
                 "missing": []}
