@@ -84,7 +84,7 @@ class ClusterProcess:
         return code
 
     def _wait_ready(self) -> str:
-        """'' once every node is healthy and n1 follows a leader; else what was missing."""
+        """'' once `_not_ready` finds nothing missing; else what was missing."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         last = "no answer yet"
         while time.monotonic() < deadline:
@@ -92,15 +92,19 @@ class ClusterProcess:
             if dead:
                 return ", ".join(dead)
             try:
-                health = [_get_json(f"http://{h}/healthz")[0] for h in self.http]
-                role = _get_json(f"http://{self.http[0]}/raftz")[1].get("role")
-                if all(code == 200 for code in health) and role == "follower":
+                last = self._not_ready([_get_json(f"http://{h}/healthz")[0] for h in self.http])
+                if not last:
                     return ""
-                last = f"healthz {health}, n1 is {role}"
             except OSError as e:
                 last = str(e)
             time.sleep(0.1)
         return f"cluster not ready within {READY_TIMEOUT_S}s: {last}"
+
+    def _not_ready(self, health: list[int]) -> str:
+        """What is missing, given every node's /healthz status: every node healthy, and n1
+        following a leader."""
+        role = _get_json(f"http://{self.http[0]}/raftz")[1].get("role")
+        return "" if all(code == 200 for code in health) and role == "follower" else f"healthz {health}, n1 is {role}"
 
 
 class NatsClusterProcess(ClusterProcess):
@@ -110,17 +114,18 @@ class NatsClusterProcess(ClusterProcess):
 
     def __init__(self, argv: list[str], root: str, log_dir: str):
         binary, flags = argv[0], argv[1:]
+        asked = shim.parse(flags)
         routes = [shim.free_port() for _ in range(3)]
         http = [shim.free_port() for _ in range(2)]
         route_urls = ",".join(f"nats://127.0.0.1:{p}" for p in routes)
-        n1_http = shim.parse(flags).http_port or shim.free_port()
-        if not shim.parse(flags).http_port:
+        n1_http = asked.http_port or shim.free_port()
+        if not asked.http_port:
             flags = [*flags, "-m", str(n1_http)]
         self.http = [f"127.0.0.1:{n1_http}"] + [f"127.0.0.1:{p}" for p in http]
         cmds = [[binary, *flags]] + [[binary, "-a", "127.0.0.1", "-p", str(shim.free_port()), "-m", str(http[i]), "-js",
                                       "-sd", tempfile.mkdtemp(prefix="nats-cluster-", dir=root)] for i in range(2)]
         self.procs = []
-        with open(os.path.join(log_dir, f"nats-cluster-{shim.parse(flags).port}.log"), "a") as log:
+        with open(os.path.join(log_dir, f"nats-cluster-{asked.port}.log"), "a") as log:
             for i, cmd in enumerate(cmds):
                 cmd += ["--server_name", f"n{i + 1}", "--cluster_name", "conformance",
                         "--cluster", f"nats://127.0.0.1:{routes[i]}", "--routes", route_urls]
@@ -130,23 +135,9 @@ class NatsClusterProcess(ClusterProcess):
         self.pid = self.procs[0].pid
         self.ready_error = self._wait_ready()
 
-    def _wait_ready(self) -> str:
-        """'' once every server's /healthz is 200 (it is 503 until JetStream has a meta leader)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            dead = [f"n{i + 1} exited with {p.poll()}" for i, p in enumerate(self.procs) if p.poll() is not None]
-            if dead:
-                return ", ".join(dead)
-            try:
-                health = [_get_json(f"http://{h}/healthz")[0] for h in self.http]
-                if all(code == 200 for code in health):
-                    return ""
-                last = f"healthz {health}"
-            except OSError as e:
-                last = str(e)
-            time.sleep(0.1)
-        return f"cluster not ready within {READY_TIMEOUT_S}s: {last}"
+    def _not_ready(self, health: list[int]) -> str:
+        """Every server's /healthz must be 200 (503 until JetStream has a meta leader)."""
+        return "" if all(code == 200 for code in health) else f"healthz {health}"
 
 
 def _get_json(url: str) -> tuple[int, dict]:

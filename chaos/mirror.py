@@ -29,6 +29,18 @@ BACKLOG_MIRROR = "BACKLOG_DR"
 BACKLOG_WINDOW = 1000                       # publishes in flight while the backlog is written
 
 
+async def publish_backlog(js, n: int, prefix: str, window: int = BACKLOG_WINDOW) -> None:
+    """`n` acknowledged messages on `prefix`.0-3, every tenth with headers (a msg id too),
+    `window` in flight: a backlog for a mirror to copy."""
+    for start in range(0, n, window):
+        futs = []
+        for i in range(start, min(n, start + window)):
+            headers = {"k": str(i), "Nats-Msg-Id": f"{prefix}-{i}"} if i % 10 == 0 else None
+            futs.append(await js.publish_async(f"{prefix}.{i % 4}", f"{prefix}-{i}".encode(), headers=headers))
+        for f in futs:
+            await f
+
+
 def stored_row(m) -> StoredMsg:
     """A message as the mirror comparison sees it: everything a mirror must copy."""
     headers = tuple(sorted((m.headers or {}).items()))
@@ -64,17 +76,10 @@ class MirrorSide:
             await nc.close()
 
     async def _publish_backlog(self) -> None:
-        """`backlog` acknowledged messages over four subjects, every tenth with headers."""
         nc, js = await self._js(self.origin_servers)
         try:
             await js.add_stream(name=BACKLOG_STREAM, subjects=["backlog.>"], num_replicas=3)
-            for start in range(0, self.backlog, BACKLOG_WINDOW):
-                futs = []
-                for i in range(start, min(self.backlog, start + BACKLOG_WINDOW)):
-                    headers = {"k": str(i), "Nats-Msg-Id": f"b{i}"} if i % 10 == 0 else None
-                    futs.append(await js.publish_async(f"backlog.{i % 4}", f"backlog-{i}".encode(), headers=headers))
-                for f in futs:
-                    await f
+            await publish_backlog(js, self.backlog, "backlog")
         finally:
             await nc.close()
 

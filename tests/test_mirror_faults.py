@@ -13,6 +13,7 @@ import asyncio
 import pytest
 
 from api.client import connect
+from chaos.mirror import publish_backlog
 from cluster_util import Cluster
 from e2e_util import until
 from test_mirrors import all_msgs, runners, status
@@ -20,19 +21,7 @@ from test_mirrors import all_msgs, runners, status
 pytestmark = pytest.mark.slow
 
 TOTAL = 200_000
-WINDOW = 1000
 STEP = 25_000            # copied between two faults
-
-
-async def publish_backlog(js, n: int) -> None:
-    """`n` acknowledged messages over four subjects, every tenth with headers."""
-    for start in range(0, n, WINDOW):
-        futs = []
-        for i in range(start, min(n, start + WINDOW)):
-            headers = {"k": str(i), "Nats-Msg-Id": f"m{i}"} if i % 10 == 0 else None
-            futs.append(await js.publish_async(f"orders.{i % 4}", f"order-{i}".encode(), headers=headers))
-        for f in futs:
-            await f
 
 
 async def mirrored(js) -> int:
@@ -61,7 +50,7 @@ async def test_mirror_ends_identical_after_runner_kill_origin_leader_kill_and_mi
         b = await connect(mirror.clients(), timeout=10)
         js_a, js_b = a.jetstream(), b.jetstream()
         await js_a.add_stream(name="ORDERS", subjects=["orders.>"], num_replicas=3)
-        await publish_backlog(js_a, TOTAL)
+        await publish_backlog(js_a, TOTAL, "orders")
         await js_b.add_stream(name="ORDERS_DR", num_replicas=3,
                               mirror={"name": "ORDERS", "external": {"servers": origin.clients()}})
 
