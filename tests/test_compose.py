@@ -219,7 +219,9 @@ def test_dockerfile_installs_the_package_and_runs_the_server():
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)
     copied = {os.path.normpath(src) for i, a in instr if i == "COPY" for src in a.split()[:-1]}
-    needed = {"pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["packages"]}
+    # The include patterns name top-level packages ("api*" takes api and its subpackages).
+    packages = {pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    needed = {"pyproject.toml", project["project"]["readme"], *packages}
     assert needed <= copied | {"."}, f"not copied into the image: {needed - copied}"
     for path in needed:
         assert os.path.exists(os.path.join(REPO, path)), path
