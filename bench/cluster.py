@@ -10,7 +10,7 @@ Three systems, each 3 real server processes on 127.0.0.1 with fresh data directo
 under one temporary directory, run one after the other (never at the same time):
 
   * raftbroker: `tests/cluster_util.py`'s Cluster (cluster secret on, so Raft traffic
-    is Fernet-encrypted; fsync before ack, the default), a stream with num_replicas=3,
+    is AES-GCM-encrypted; fsync before ack, the default), a stream with num_replicas=3,
     driven by raftbroker's own client (api.client).
   * raftbroker-nats: the same cluster with a NATS port on every node (Cluster(...,
     nats=True)), driven by nats-py through the very same code as nats-server
@@ -29,6 +29,12 @@ Per run, 128-byte messages:
       (publish_async bounded by a semaphore, or --*-mode workers: W coroutines each
       awaiting js.publish in a loop); acknowledged publishes per second.
   (b) sync publish: --sync-messages publishes one at a time; p50/p99 latency.
+  (b2) fetch(100)+ack: a new durable pull consumer reads the stream from the start,
+      msg.ack() on each message (sent without waiting, as nats-py does), for --seconds
+      or until drained; the time runs until the consumer's ack floor holds the last ack.
+  (b3) push+ack: the same with a durable push consumer (deliver subject, explicit ack)
+      whose callback acks each message.
+  For (a), (b2) and (b3) also the nodes' CPU per message (all three nodes together).
   (c) failover: a client that knows all three addresses publishes one at a time with a
       --failover-timeout per request; the (stream) leader is SIGKILLed; the time from
       the kill to the first acknowledged publish that was sent after the kill (for
@@ -40,7 +46,8 @@ and the CPU used by the client, the nodes and everything else on the machine ("f
 these machines are shared; before each run the bench waits up to --quiet-wait s for it
 to drop under --quiet-pct of one core).
 At the end: medians, individual runs, ratios raftbroker (own client)/NATS and the floors
-(windowed >= 0.5x NATS, sync p50 <= 3x NATS, failover p50 <= 3 s) as PASS/MISS, a table
+(issue 13's: windowed >= 0.85x NATS, sync p50 <= 1.3x NATS, fetch+ack >= 0.8x NATS,
+failover p50 <= 1.5 s) as PASS/MISS, a table
 of all three side by side with the ratios raftbroker (nats-py) / nats-server (nats-py),
 plus warnings and errors found in the node logs. Every process started here is
 stopped, also on Ctrl-C or an error. Progress bars go to stderr, results to stdout.
@@ -91,9 +98,12 @@ SUBJECT = "b.x"
 STREAM = "B"
 WARMUP = 200
 
-FLOOR_WINDOWED = 0.5      # raftbroker windowed rate >= 0.5 x NATS
-FLOOR_SYNC_P50 = 3.0      # raftbroker sync p50 <= 3 x NATS
-FLOOR_FAILOVER_S = 3.0    # raftbroker failover p50 <= 3 s
+FETCH_BATCH = 100
+# Issue 13's floors (its goal is >= 1.0x and <= 1.0x).
+FLOOR_WINDOWED = 0.85     # raftbroker windowed rate >= 0.85 x NATS
+FLOOR_SYNC_P50 = 1.3      # raftbroker sync p50 <= 1.3 x NATS
+FLOOR_FETCH = 0.8         # raftbroker fetch+ack rate >= 0.8 x NATS
+FLOOR_FAILOVER_S = 1.5    # raftbroker failover p50 <= 1.5 s
 
 
 # == small helpers =========================================================================
@@ -270,6 +280,81 @@ async def sync_publish(publish, n: int, desc: str) -> dict:
     return {"rate": n / el, "p50_ms": pct(lat, 0.50) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3}
 
 
+async def acks_settled(js, consumer: str, last_seq: int, give_up_s: float = 30.0) -> bool:
+    """Wait until the consumer's ack floor reaches last_seq: acks are sent without waiting
+    (as nats-py's msg.ack() is), so a rate counts them only once the server holds them."""
+    deadline = time.perf_counter() + give_up_s
+    while time.perf_counter() < deadline:
+        ci = await js.consumer_info(STREAM, consumer)
+        if ci.ack_floor.stream_seq >= last_seq:
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+async def fetch_ack(js, consumer: str, seconds: float, batch: int, desc: str) -> dict:
+    """A durable pull consumer: fetch(batch), msg.ack() each message, for `seconds` or until
+    the stream is drained; messages per second up to the moment the last ack is applied."""
+    psub = await js.pull_subscribe(SUBJECT, durable=consumer, stream=STREAM)
+    done = 0
+    last_seq = 0
+    errors: list[str] = []
+    with counter_bar(desc) as pb:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            try:
+                msgs = await psub.fetch(batch, timeout=2.0)
+            except Exception as e:  # noqa: BLE001 - nats-py raises a timeout on an empty stream
+                if "imeout" not in type(e).__name__:
+                    errors.append(short(e))
+                break
+            if not msgs:
+                break
+            for m in msgs:
+                await m.ack()
+            done += len(msgs)
+            last_seq = msgs[-1].metadata.sequence.stream
+            pb.update(len(msgs))
+        settled = await acks_settled(js, consumer, last_seq)
+        el = time.perf_counter() - t0
+    if not settled:
+        errors.append(f"ack floor did not reach {last_seq} within 30 s")
+    return {"rate": done / el, "acked": done, "seconds": el, "errors": errors}
+
+
+async def push_ack(js, consumer: str, seconds: float, desc: str) -> dict:
+    """A durable push consumer (deliver subject, explicit ack): the callback acks each
+    message; for `seconds` or until the stream is drained, up to the last ack applied."""
+    total = (await js.stream_info(STREAM)).state.messages
+    done = 0
+    last_seq = 0
+    finished = asyncio.Event()
+    t0 = time.perf_counter()
+
+    with counter_bar(desc) as pb:
+        async def cb(m):
+            nonlocal done, last_seq
+            if m.metadata is None:      # a heartbeat or flow-control message, not a delivery
+                return
+            await m.ack()
+            done += 1
+            last_seq = max(last_seq, m.metadata.sequence.stream)
+            if done % 500 == 0:
+                pb.update(500)
+            if done >= total or time.perf_counter() - t0 >= seconds:
+                finished.set()
+        sub = await js.subscribe(SUBJECT, durable=consumer, stream=STREAM, cb=cb, manual_ack=True)
+        try:
+            await asyncio.wait_for(finished.wait(), seconds + 30)
+        except asyncio.TimeoutError:
+            pass
+        await sub.unsubscribe()
+        settled = await acks_settled(js, consumer, last_seq)
+        el = time.perf_counter() - t0
+    errors = [] if settled else [f"ack floor did not reach {last_seq} within 30 s"]
+    return {"rate": done / el, "acked": done, "seconds": el, "errors": errors}
+
+
 async def failover(publish, kill, settle_s: float, give_up_s: float) -> dict:
     """Publish one at a time; after `settle_s` call kill() (SIGKILL of the leader); the
     result is the time from the kill to the first ack of a publish sent after it."""
@@ -382,7 +467,7 @@ class RaftbrokerCluster(Target):
         cmd = self.cluster.command(self.cluster.nodes[0])
         self.secret_on = "--cluster-secret" in cmd and bool(self.cluster.secret)
         self.fsync_on = "--no-sync" not in cmd and os.environ.get("RAFTBROKER_NO_SYNC", "") in ("", "0", "false")
-        return (f"3 x `raftbroker server` ({'cluster secret on: Fernet-encrypted Raft' if self.secret_on else 'NO SECRET'}, "
+        return (f"3 x `raftbroker server` ({'cluster secret on: AES-GCM-encrypted Raft' if self.secret_on else 'NO SECRET'}, "
                 f"{'fsync before ack' if self.fsync_on else 'NO FSYNC'}), stream R3 file storage")
 
     def start(self) -> None:
@@ -893,15 +978,20 @@ async def bench_system(target, args) -> list[dict]:
         await target.open()
         try:
             mark0 = await target.leader_mark()
-            res["windowed"] = await target.windowed(args.seconds, args.window)
+            res["windowed"] = await metered(target, lambda: target.windowed(args.seconds, args.window))
             mark1 = await target.leader_mark()
             res["elections"] = "" if mark0 == mark1 else f"leader/term changed during the windowed run: " \
                                                           f"{mark0} -> {mark1}"
             res["sync"] = await sync_publish(lambda: target.publish(), args.sync_messages,
                                              f"{target.name} sync publish")
+            # The stream now holds every message published so far: each run's new durables read it all.
+            res["fetch"] = await metered(target, lambda: fetch_ack(
+                target.js, f"fetch{r}", args.seconds, FETCH_BATCH, f"{target.name} fetch({FETCH_BATCH})+ack"))
+            res["push"] = await metered(target, lambda: push_ack(
+                target.js, f"push{r}", args.seconds, f"{target.name} push+ack"))
         finally:
             await target.close()
-        res["cpu_load"] = target.meter.stop(target.pids())   # windowed + sync
+        res["cpu_load"] = target.meter.stop(target.pids())   # windowed + sync + fetch + push
         res["reached"] = target.reached[-1] if target.reached else ""
         target.meter.start(target.pids())
         res["failover"] = await target.failover_once(args.failover_timeout, args.failover_give_up)
@@ -916,6 +1006,16 @@ async def bench_system(target, args) -> list[dict]:
     return runs
 
 
+async def metered(target, workload) -> dict:
+    """Run a workload and add the nodes' CPU per message it handled (microseconds)."""
+    meter = CpuMeter()
+    meter.start(target.pids())
+    res = await workload()
+    cpu = meter.stop(target.pids())
+    res["node_cpu_us"] = cpu["servers_pct"] / 100 * res["seconds"] / max(1, res["acked"]) * 1e6
+    return res
+
+
 def print_run(name: str, r: int, total: int, res: dict, window: int) -> None:
     w, s, f = res["windowed"], res["sync"], res["failover"]
     say(f"{name} run {r}/{total}:" + (f"  (nats-py connected to {res['reached']})" if res.get("reached") else ""))
@@ -925,6 +1025,12 @@ def print_run(name: str, r: int, total: int, res: dict, window: int) -> None:
     if res["elections"]:
         say(f"  !! {res['elections']}")
     say(f"  sync publish           {s['rate']:>9,.0f} msgs/s  p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms")
+    for label, key in (("fetch(%d)+ack" % FETCH_BATCH, "fetch"), ("push+ack", "push")):
+        x = res[key]
+        err = f", {len(x['errors'])} errors (first: {x['errors'][0]})" if x["errors"] else ""
+        say(f"  {label:<22} {x['rate']:>9,.0f} msgs/s  ({x['acked']:,} acked in {x['seconds']:.1f} s{err})")
+    say("  node CPU per message   " + "  ".join(f"{k} {res[k]['node_cpu_us']:.0f} us"
+                                               for k in ("windowed", "fetch", "push")))
     errs = ", ".join(f"{k} x{v}" for k, v in f["errors"].items()) or "none"
     note = f"  [{f['note']}]" if f.get("note") else ""
     el = f" (elected at {f['elected_s']:.3f} s)" if "elected_s" in f else ""
@@ -954,15 +1060,23 @@ def summarize(name: str, runs: list[dict]) -> dict:
     for r in runs:
         for k, v in r["rss"].items():
             rss[k] = max(rss.get(k, 0.0), v) if v == v else rss.get(k, float("nan"))
+    fr_ = [r["fetch"]["rate"] for r in runs]
+    pr = [r["push"]["rate"] for r in runs]
+    cpu = {k: med([r[k]["node_cpu_us"] for r in runs]) for k in ("windowed", "fetch", "push")}
     s = {"windowed": med(wr), "sync_p50": med(p50), "sync_p99": med(p99), "sync_rate": med(sr),
-         "failover": med(fo), "rss": rss}
+         "fetch": med(fr_), "push": med(pr), "failover": med(fo), "rss": rss,
+         "cpu_windowed": cpu["windowed"], "cpu_fetch": cpu["fetch"], "cpu_push": cpu["push"]}
     runs_s = lambda xs, f: "  ".join(f.format(x) for x in xs)  # noqa: E731
     say(f"== {name}: medians over {len(runs)} run(s) (individual runs in brackets) ==")
     say(f"  windowed publish   {s['windowed']:>9,.0f} msgs/s   [{runs_s(wr, '{:,.0f}')}]")
     say(f"  sync publish rate  {s['sync_rate']:>9,.0f} msgs/s   [{runs_s(sr, '{:,.0f}')}]")
     say(f"  sync publish p50   {s['sync_p50']:>9.3f} ms       [{runs_s(p50, '{:.3f}')}]")
     say(f"  sync publish p99   {s['sync_p99']:>9.3f} ms       [{runs_s(p99, '{:.3f}')}]")
+    say(f"  fetch({FETCH_BATCH})+ack     {s['fetch']:>9,.0f} msgs/s   [{runs_s(fr_, '{:,.0f}')}]")
+    say(f"  push+ack           {s['push']:>9,.0f} msgs/s   [{runs_s(pr, '{:,.0f}')}]")
     say(f"  failover           {s['failover']:>9.3f} s        [{runs_s(fo, '{:.3f}')}]")
+    say(f"  node CPU/message   windowed {cpu['windowed']:.0f} us, fetch+ack {cpu['fetch']:.0f} us, "
+        f"push+ack {cpu['push']:.0f} us (all three nodes together)")
     say("  peak RSS (max)     " + "  ".join(f"{k} {v:,.1f}" for k, v in rss.items()) + " MiB")
     fr = [r["cpu_load"]["foreign_pct"] for r in runs]
     say(f"  foreign CPU        {statistics.median(fr):>9.0f} % of one core during windowed+sync "
@@ -1000,10 +1114,17 @@ def compare(rb: dict, nats: dict, rb_target) -> None:
     say(f"  sync publish p50       {r_p50:6.2f}x  ({rb['sync_p50']:.3f} vs {nats['sync_p50']:.3f} ms)      "
         f"floor <= {FLOOR_SYNC_P50}x NATS: {verdict(r_p50 <= FLOOR_SYNC_P50)}")
     say(f"  sync publish p99       {rb['sync_p99'] / nats['sync_p99']:6.2f}x  ({rb['sync_p99']:.3f} vs "
-        f"{nats['sync_p99']:.3f} ms)      (no floor)")
+        f"{nats['sync_p99']:.3f} ms)      (no floor; goal <= 1.0x)")
+    r_f = rb["fetch"] / nats["fetch"]
+    say(f"  fetch({FETCH_BATCH})+ack          {r_f:6.2f}x  ({rb['fetch']:,.0f} vs {nats['fetch']:,.0f} msgs/s)   "
+        f"floor >= {FLOOR_FETCH}x NATS: {verdict(r_f >= FLOOR_FETCH)}")
+    say(f"  push+ack               {rb['push'] / nats['push']:6.2f}x  ({rb['push']:,.0f} vs {nats['push']:,.0f} msgs/s)"
+        f"   (no floor)")
+    say(f"  node CPU per message   windowed {rb['cpu_windowed'] / nats['cpu_windowed']:.2f}x, fetch+ack "
+        f"{rb['cpu_fetch'] / nats['cpu_fetch']:.2f}x, push+ack {rb['cpu_push'] / nats['cpu_push']:.2f}x NATS's")
     say(f"  failover p50           {r_fo:6.2f}x  ({rb['failover']:.3f} vs {nats['failover']:.3f} s)        "
         f"floor <= {FLOOR_FAILOVER_S} s: {verdict(rb['failover'] <= FLOOR_FAILOVER_S)}")
-    say(f"  raftbroker ran with its cluster secret {'on (Fernet-encrypted Raft traffic)' if rb_target.secret_on else 'OFF'}"
+    say(f"  raftbroker ran with its cluster secret {'on (AES-GCM-encrypted, authenticated Raft traffic)' if rb_target.secret_on else 'OFF'}"
         f" and {'fsync before ack' if rb_target.fsync_on else 'NO fsync'}; NATS with sync_interval: always "
         f"(fsync before ack)")
 
@@ -1017,7 +1138,9 @@ def table(results: dict[str, dict]) -> None:
         + (f"{'rb nats-py / nats-server':>27}" if "raftbroker-nats" in results and "nats" in results else ""))
     rows = [("windowed publish", "windowed", "{:,.0f} msgs/s"), ("sync publish rate", "sync_rate", "{:,.0f} msgs/s"),
             ("sync publish p50", "sync_p50", "{:.3f} ms"), ("sync publish p99", "sync_p99", "{:.3f} ms"),
-            ("failover", "failover", "{:.3f} s")]
+            (f"fetch({FETCH_BATCH})+ack", "fetch", "{:,.0f} msgs/s"), ("push+ack", "push", "{:,.0f} msgs/s"),
+            ("failover", "failover", "{:.3f} s"), ("node CPU/msg windowed", "cpu_windowed", "{:.0f} us"),
+            ("node CPU/msg fetch", "cpu_fetch", "{:.0f} us"), ("node CPU/msg push", "cpu_push", "{:.0f} us")]
     for label, key, fmt in rows:
         line = f"  {label:<22}" + "".join(f"{fmt.format(results[k][key]):>24}" for k, _ in cols)
         if "raftbroker-nats" in results and "nats" in results:

@@ -1,14 +1,18 @@
 """Bootstrap probe: may empty nodes elect each other? Only if every member is empty.
 
-Asked over the Raft port with pysyncobj's authenticated `status` utility call,
-so only holders of the cluster secret can answer.
+Asked over the Raft port with pysyncobj's authenticated `status` utility call
+(with the Raft port's cipher, see `raft_wire.py`), so only holders of the cluster
+secret can answer.
 """
 from __future__ import annotations
 
 from pysyncobj.utility import TcpUtility, UtilityException
 
+from .raft_wire import install_raft_wire
+
 
 def probe(peer: str, secret: str | None, timeout: float) -> dict:
+    install_raft_wire()
     return TcpUtility(password=secret, timeout=timeout).executeCommand(peer, ["status"])
 
 

@@ -8,7 +8,10 @@ reproduces each defect on the plain class and shows it gone here.
 - Durability: the journal is synced before the leader counts itself toward a
   commit (the start of every tick, before the commit computation) and before a
   follower reports entries appended (`__sendNextNodeIdx`). Votes are synced by
-  the journal's meta store.
+  the journal's meta store. The leader also syncs right after sending new
+  entries, so its fsync runs while the followers do theirs.
+- Fewer messages: the append pysyncobj sends after each apply, only to carry
+  the commit index, is skipped when queued commands will carry it this tick.
 - `nextIndex` never goes backwards on a successful reply (followers otherwise
   truncate entries they applied, and can wedge).
 - A follower drops an append that would truncate entries it already applied;
@@ -166,6 +169,21 @@ class HardenedSyncObj(SyncObj):
         if time.monotonic() < self._hold_until:
             return
         super()._checkCommandsToApply()
+        # The entries just appended are on their way to the followers already
+        # (appendEntriesUseBatch=False sends each at once). Syncing them now overlaps this
+        # node's fsync with the followers'; left to the next tick's start it would only
+        # begin once their replies had arrived.
+        self._sync_journal()
+
+    def _SyncObj__applyLogEntries(self):
+        need_send = super()._SyncObj__applyLogEntries()
+        # After applying, pysyncobj sends every follower an append only to tell it the new
+        # commit index. With commands waiting, the append that carries them goes out later
+        # in this same tick and tells the same; skip the extra round of messages.
+        if need_send and self._isLeader() and time.monotonic() >= self._hold_until \
+                and len(self._SyncObj__commandsQueue._FastQueue__queue):
+            return False
+        return need_send
 
     def make_voter(self, why: str) -> None:
         if self.voter:

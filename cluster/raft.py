@@ -30,6 +30,7 @@ from storage import Announce, Entry, Store, StoreCorruptError, StoreOptions
 from storage.commands import Command, from_wire
 
 from . import snapshots
+from .raft_wire import install_raft_wire
 from .commit import BatchBounds, GroupCommitNode, NodeBusyError
 from .errors import CorruptStateError
 from .hardened import HardenedSyncObj
@@ -137,6 +138,7 @@ class RaftNode(GroupCommitNode):
             fullDumpFile=self.snapshot_path, serializer=self._serialize, deserializer=self._deserialize,
             serializeChecker=self._packing_state)
         install_journal_factory()
+        install_raft_wire()
         self.sync = HardenedSyncObj(ident.raft, partners, conf, self.journal, self._apply,
                                     voter=bool(self.journal.get_extra("voter", False)),
                                     on_voter=self._on_voter, on_members=self._on_members,
