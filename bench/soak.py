@@ -73,7 +73,8 @@ class Up:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-async def publish_window(js, subjects: list[str], data: bytes, until, msg_ids: bool = False) -> tuple[int, float]:
+async def publish_window(js, subjects: list[str], data: bytes, until, msg_ids: bool = False,
+                         first_id: int = 0) -> tuple[int, float]:
     """WINDOW coroutines publish round-robin over `subjects` until until(sent) is true;
     (messages acknowledged, seconds)."""
     acked = 0
@@ -85,7 +86,7 @@ async def publish_window(js, subjects: list[str], data: bytes, until, msg_ids: b
         while not until(sent):
             i = sent
             sent += 1
-            await js.publish(subjects[i % len(subjects)], data, msg_id=f"m{i}" if msg_ids else None)
+            await js.publish(subjects[i % len(subjects)], data, msg_id=f"m{first_id + i}" if msg_ids else None)
             acked += 1
     await asyncio.gather(*(worker() for _ in range(WINDOW)))
     return acked, time.perf_counter() - t0
@@ -101,8 +102,8 @@ async def soak(args) -> int:
         done = 0
         t_all = time.perf_counter()
         for mark in marks:
-            n, el = await publish_window(up.js, ["soak.x"], b"x" * 128, lambda sent, m=mark: sent >= m,
-                                         msg_ids=True)
+            n, el = await publish_window(up.js, ["soak.x"], b"x" * 128, lambda sent, m=mark - done: sent >= m,
+                                         msg_ids=True, first_id=done)
             done += n
             mem = memory(up.cluster)
             rows.append((mark, mem))

@@ -78,6 +78,14 @@ def dedup_key(sid: int, msg_id: str) -> bytes:
     return b"D" + u32(sid) + msg_id.encode()
 
 
+def dedup_expiry_prefix(sid: int) -> bytes:
+    return b"E" + u32(sid)
+
+
+def dedup_expiry_key(sid: int, ts: int, msg_id: str) -> bytes:
+    return b"E" + u32(sid) + u64(ts) + msg_id.encode()
+
+
 def consumer_prefix(sid: int) -> bytes:
     return b"C" + u32(sid)
 
@@ -99,7 +107,7 @@ def verdict_key(index: int, pos: int) -> bytes:
 
 
 # Every per-stream key family, for deleting a stream in one sweep of ranges.
-STREAM_FAMILIES = (b"M", b"I", b"T", b"D", b"C", b"P")
+STREAM_FAMILIES = (b"M", b"I", b"T", b"D", b"E", b"C", b"P")
 
 
 def stream_ranges(sid: int) -> list[tuple[bytes, bytes]]:

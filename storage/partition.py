@@ -46,7 +46,6 @@ class Partition:
                 c = ConsumerRec.from_record(cv)
                 c.load_pending(self.tx, st.sid)
                 st.consumers[c.name] = c
-            st.load_dedup(self.tx)
 
     def add_stream(self, st: StreamRec) -> None:
         self.streams[st.name] = st

@@ -419,7 +419,7 @@ class Store:
                 raise StreamNotMatchError()
             msg_id = headers.get("Nats-Msg-Id") or None
             if msg_id is not None:
-                dup = st.dedup_lookup(msg_id, now)
+                dup = st.dedup_lookup(tx, msg_id, now)
                 if dup is not None:
                     return PubAck(cfg.name, dup, duplicate=True)
             expected = headers.get("Nats-Expected-Last-Subject-Sequence")

@@ -519,6 +519,37 @@ def test_duplicate_msg_id_after_a_sweep_past_the_window_is_stored_again(engine):
     assert pub(engine, headers={"Nats-Msg-Id": "m1"}) == PubAck("S", 2)
 
 
+def dedupe_keys(engine, storage_type="file") -> list[bytes]:
+    part = engine.store.mem if storage_type == "memory" else engine.store.file
+    return [k for k, _ in part.backend.scan(b"D", b"F")]
+
+
+def test_a_sweep_removes_expired_dedupe_entries_from_the_store(engine, storage_type):
+    # The window is kept in the store only (nothing per id in memory), so pruning must
+    # really delete what expired, and only that.
+    add(engine, storage=storage_type, duplicate_window=30.0)
+    pub(engine, headers={"Nats-Msg-Id": "old"})
+    engine.advance(20)
+    pub(engine, headers={"Nats-Msg-Id": "new"})
+    assert len(dedupe_keys(engine, storage_type)) == 4          # an id key and a time key each
+    engine.advance(15)
+    engine.apply(Sweep())
+    left = dedupe_keys(engine, storage_type)
+    assert len(left) == 2 and all(k.endswith(b"new") for k in left)
+    assert pub(engine, headers={"Nats-Msg-Id": "new"}).duplicate is True
+    assert pub(engine, headers={"Nats-Msg-Id": "old"}).duplicate is None
+
+
+def test_an_id_stored_again_after_expiring_survives_the_prune_of_its_first_record(engine):
+    add(engine, duplicate_window=30.0)
+    pub(engine, headers={"Nats-Msg-Id": "m1"})
+    engine.advance(31)
+    assert pub(engine, headers={"Nats-Msg-Id": "m1"}) == PubAck("S", 2)   # expired, not yet swept
+    engine.apply(Sweep())                                                # prunes the first record
+    engine.advance(10)
+    assert pub(engine, headers={"Nats-Msg-Id": "m1"}) == PubAck("S", 2, duplicate=True)
+
+
 def test_duplicate_window_defaults_to_120s_and_zero_means_default(engine):
     assert add(engine, name="A", subjects=["a"]).config.duplicate_window == 120.0
     assert add(engine, name="B", subjects=["b"], duplicate_window=0).config.duplicate_window == 120.0
