@@ -14,7 +14,8 @@ entries for all of them); at 250k, 500k, 1M and 2M messages each node's resident
 now (VmRSS) and at its peak (VmHWM). PASS when every peak is <= 150 MiB and the last
 VmRSS is within 10 % of the one at 500k (memory flat as the stream grows).
 
-scale: windowed publish rate and each node's peak RSS for 1, 100 and 1,000 streams
+scale: windowed publish rate (1000 in flight, or 8 MiB of messages if that is fewer)
+and each node's peak RSS for 1, 100 and 1,000 streams
 (publishes spread round-robin over the streams), for 1 and 50 push consumers (explicit
 ack, each acking what it gets) on one stream while publishing, and for 128 B, 4 KiB and
 64 KiB messages. Each row is a fresh cluster.
@@ -38,6 +39,7 @@ from chaos.cluster import Cluster  # noqa: E402
 CHECKPOINTS = (250_000, 500_000, 1_000_000, 2_000_000)
 PEAK_LIMIT_MIB = 150.0
 WINDOW = 1000
+WINDOW_BYTES = 8 << 20      # scale: fewer publishes in flight for big messages (64 KiB: 128)
 
 
 def proc_mib(pid: int, field: str) -> float:
@@ -74,8 +76,8 @@ class Up:
 
 
 async def publish_window(js, subjects: list[str], data: bytes, until, msg_ids: bool = False,
-                         first_id: int = 0) -> tuple[int, float]:
-    """WINDOW coroutines publish round-robin over `subjects` until until(sent) is true;
+                         first_id: int = 0, window: int = WINDOW) -> tuple[int, float]:
+    """`window` coroutines publish round-robin over `subjects` until until(sent) is true;
     (messages acknowledged, seconds)."""
     acked = 0
     sent = 0
@@ -88,7 +90,7 @@ async def publish_window(js, subjects: list[str], data: bytes, until, msg_ids: b
             sent += 1
             await js.publish(subjects[i % len(subjects)], data, msg_id=f"m{first_id + i}" if msg_ids else None)
             acked += 1
-    await asyncio.gather(*(worker() for _ in range(WINDOW)))
+    await asyncio.gather(*(worker() for _ in range(window)))
     return acked, time.perf_counter() - t0
 
 
@@ -137,15 +139,20 @@ async def scale_row(label: str, streams: int, consumers: int, size: int, seconds
             nonlocal got
             await m.ack()
             got += 1
-        subs = [await up.js.subscribe(subjects[0], durable=f"c{c}", stream="S0", cb=ack, manual_ack=True)
-                for c in range(consumers)]
+        # Each consumer is its own worker process's connection, as it would be in use.
+        from api.client import connect
+        workers = [await connect(up.cluster.clients(), timeout=30) for _ in range(consumers)]
+        for c, nc in enumerate(workers):
+            await nc.jetstream().subscribe(subjects[0], durable=f"c{c}", stream="S0", cb=ack, manual_ack=True)
         stop_at = time.perf_counter() + seconds
-        n, el = await publish_window(up.js, subjects, os.urandom(size), lambda _: time.perf_counter() >= stop_at)
-        for sub in subs:
-            await sub.unsubscribe()
+        window = max(16, min(WINDOW, WINDOW_BYTES // size))
+        n, el = await publish_window(up.js, subjects, os.urandom(size), lambda _: time.perf_counter() >= stop_at,
+                                     window=window)
+        for nc in workers:
+            await nc.close()
         peaks = {k: v[1] for k, v in memory(up.cluster).items()}
     extra = f"; {got:,} deliveries acked" if consumers else ""
-    return (f"  {label:<28} {n / el:>9,.0f} msgs/s {n * size / el / 2**20:>7.1f} MiB/s   peak RSS " +
+    return (f"  {label:<28} w={window:<5} {n / el:>9,.0f} msgs/s {n * size / el / 2**20:>7.1f} MiB/s   peak RSS " +
             " ".join(f"{v:.0f}" for v in peaks.values()) + f" MiB{extra}")
 
 
@@ -153,7 +160,8 @@ async def scale(args) -> int:
     rows = [("1 stream, 128 B", 1, 0, 128), ("100 streams, 128 B", 100, 0, 128), ("1,000 streams, 128 B", 1000, 0, 128),
             ("1 stream, 1 consumer", 1, 1, 128), ("1 stream, 50 consumers", 1, 50, 128),
             ("1 stream, 4 KiB", 1, 0, 4096), ("1 stream, 64 KiB", 1, 0, 65536)]
-    print(f"windowed publish (w={WINDOW}, {args.seconds:g} s per row, a fresh R3 cluster per row):")
+    print(f"windowed publish (w={WINDOW}, at most {WINDOW_BYTES >> 20} MiB in flight; {args.seconds:g} s per row, "
+          f"a fresh R3 cluster per row):")
     for label, streams, consumers, size in rows:
         if args.only and args.only not in label:
             continue
