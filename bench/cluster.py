@@ -280,16 +280,22 @@ async def sync_publish(publish, n: int, desc: str) -> dict:
     return {"rate": n / el, "p50_ms": pct(lat, 0.50) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3}
 
 
-async def acks_settled(js, consumer: str, last_seq: int, give_up_s: float = 30.0) -> bool:
-    """Wait until the consumer's ack floor reaches last_seq: acks are sent without waiting
-    (as nats-py's msg.ack() is), so a rate counts them only once the server holds them."""
+async def acked_rate(js, consumer: str, last_seq: int, done: int, t0: float, errors: list[str],
+                     give_up_s: float = 30.0) -> dict:
+    """The result of an ack workload, once the consumer's ack floor reaches last_seq: acks
+    are sent without waiting (as nats-py's msg.ack() is), so a rate counts them only once
+    the server holds them."""
     deadline = time.perf_counter() + give_up_s
-    while time.perf_counter() < deadline:
+    while True:
         ci = await js.consumer_info(STREAM, consumer)
         if ci.ack_floor.stream_seq >= last_seq:
-            return True
+            break
+        if time.perf_counter() >= deadline:
+            errors.append(f"ack floor did not reach {last_seq} within {give_up_s:g} s")
+            break
         await asyncio.sleep(0.005)
-    return False
+    el = time.perf_counter() - t0
+    return {"rate": done / el, "acked": done, "seconds": el, "errors": errors}
 
 
 async def fetch_ack(js, consumer: str, seconds: float, batch: int, desc: str) -> dict:
@@ -315,11 +321,7 @@ async def fetch_ack(js, consumer: str, seconds: float, batch: int, desc: str) ->
             done += len(msgs)
             last_seq = msgs[-1].metadata.sequence.stream
             pb.update(len(msgs))
-        settled = await acks_settled(js, consumer, last_seq)
-        el = time.perf_counter() - t0
-    if not settled:
-        errors.append(f"ack floor did not reach {last_seq} within 30 s")
-    return {"rate": done / el, "acked": done, "seconds": el, "errors": errors}
+        return await acked_rate(js, consumer, last_seq, done, t0, errors)
 
 
 async def push_ack(js, consumer: str, seconds: float, desc: str) -> dict:
@@ -349,10 +351,7 @@ async def push_ack(js, consumer: str, seconds: float, desc: str) -> dict:
         except asyncio.TimeoutError:
             pass
         await sub.unsubscribe()
-        settled = await acks_settled(js, consumer, last_seq)
-        el = time.perf_counter() - t0
-    errors = [] if settled else [f"ack floor did not reach {last_seq} within 30 s"]
-    return {"rate": done / el, "acked": done, "seconds": el, "errors": errors}
+        return await acked_rate(js, consumer, last_seq, done, t0, [])
 
 
 async def failover(publish, kill, settle_s: float, give_up_s: float) -> dict:

@@ -9,7 +9,7 @@ AEAD call) in about 2 us.
 
 `RaftCipher` has the three methods pysyncobj's connections call on their
 encryptor (`encrypt_at_time`, `extract_timestamp`, `decrypt`), and
-`install_cipher()` makes pysyncobj build one wherever it would build a Fernet:
+`install_raft_wire()` makes pysyncobj build one wherever it would build a Fernet:
 in SyncObj (the Raft port) and in TcpUtility (the bootstrap probe). What
 pysyncobj builds around the encryptor stays as it is: the 32 random bytes
 exchanged per connection, carried inside every message, and the non-decreasing
@@ -24,9 +24,10 @@ processes drawing the same prefix is about n^2 / 2^65 for n prefixes).
 
 pysyncobj still deflates every message (zlib level 3) before encrypting it.
 Writing stored blocks instead was tried and halved the windowed publish rate
-(6k against 11-12k msgs/s, with random payloads as well): bigger frames cost
-pysyncobj's connections more (their buffers are bytes, sliced and appended per
-64 KiB chunk) than the deflate saves.
+(6k against 11-12k msgs/s, with random payloads as well). The likely cause,
+found later and not yet changed: pysyncobj pickles with protocol 2, which turns
+every bytes object into a latin-1 string (about 1 ms per 130 KB each way), so
+bigger frames cost far more than their deflate.
 
 All nodes of a cluster must run this cipher: a node with pysyncobj's Fernet
 cannot talk to one with this (the first message fails to authenticate and the

@@ -83,7 +83,11 @@ def dedup_expiry_prefix(sid: int) -> bytes:
 
 
 def dedup_expiry_key(sid: int, ts: int, msg_id: str) -> bytes:
-    return b"E" + u32(sid) + u64(ts) + msg_id.encode()
+    return dedup_expiry_prefix(sid) + u64(ts) + msg_id.encode()
+
+
+def dedup_expiry_msg_id(key: bytes) -> str:
+    return key[1 + _U32.size + _U64.size:].decode()    # after "E", the sid and the time
 
 
 def consumer_prefix(sid: int) -> bytes:

@@ -281,11 +281,10 @@ class StreamRec:
 
     def dedup_prune(self, tx, now: int) -> None:
         cutoff = now - ns(self.config.duplicate_window)
-        prefix = K.dedup_expiry_prefix(self.sid)
-        expired = list(tx.scan(prefix, K.dedup_expiry_key(self.sid, max(0, cutoff + 1), "")))
+        expired = list(tx.scan(K.dedup_expiry_prefix(self.sid), K.dedup_expiry_key(self.sid, max(0, cutoff + 1), "")))
         for k, _ in expired:
             tx.delete(k)
-            key = K.dedup_key(self.sid, k[len(prefix) + 8:].decode())
+            key = K.dedup_key(self.sid, K.dedup_expiry_msg_id(k))
             raw = tx.get(key)
             # The id may have been recorded again since (after it had expired): keep that.
             if raw is not None and msgpack.unpackb(raw)[1] <= cutoff:
