@@ -1,7 +1,10 @@
-"""The Raft port's cipher (cluster/raft_wire.py): AES-GCM tokens in place of Fernet."""
+"""The Raft port's wire (cluster/raft_wire.py): AES-GCM tokens in place of Fernet, pickle protocol 5."""
+import pickle
+
 import pytest
 from cryptography.exceptions import InvalidTag
 
+import pysyncobj.pickle
 import pysyncobj.syncobj
 import pysyncobj.utility
 from cluster.raft_wire import InvalidToken, RaftCipher, cipher_for, install_raft_wire
@@ -59,3 +62,12 @@ def test_the_nonce_prefix_changes_before_the_counter_wraps():
 def test_installed_where_pysyncobj_builds_its_encryptor():
     install_raft_wire()
     assert pysyncobj.syncobj.getEncryptor is cipher_for and pysyncobj.utility.getEncryptor is cipher_for
+
+
+def test_entries_are_pickled_with_protocol_5_and_old_pickles_still_load():
+    install_raft_wire()
+    entry = [b"\xff\x00" * 8, 7]
+    data = pysyncobj.pickle.dumps(entry)
+    assert data[:2] == b"\x80\x05"
+    assert b"\xc3\xbf" not in data          # the bytes went out as bytes, not as latin-1 text
+    assert pysyncobj.pickle.loads(pickle.dumps(entry, 2)) == entry
