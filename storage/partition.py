@@ -66,6 +66,7 @@ class Partition:
                 tx.delete(K.stream_key(name))
         for name in self.touched:
             st = self.streams[name]
+            st.flush_dedup(tx, time_ns)
             if st.dirty:
                 tx.put(K.stream_key(name), st.to_record())
                 st.dirty = False

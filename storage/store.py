@@ -43,12 +43,15 @@ from .errors import StoreCorruptError
 from .events import Event
 from .kv import MemoryBackend, RocksBackend, Tx
 from .partition import Partition
-from .stream import StreamRec, header_len, msg_size, unpack_msg
+from .stream import StreamRec, header_len, stored_size, unpack_msg
 
 log = logging.getLogger("raftbroker.storage")
 
 MAX_HEADER_BYTES = 65535
 ROUTE_CACHE_MAX = 100_000
+# The publish headers that ask for a check; any other header (a msg id included) is data.
+_CHECKED_HEADERS = frozenset({"Nats-Expected-Stream", "Nats-Expected-Last-Subject-Sequence",
+                              "Nats-Expected-Last-Sequence", "Nats-Expected-Last-Msg-Id", "Nats-Rollup"})
 
 
 @dataclass
@@ -409,12 +412,17 @@ class Store:
             part.touched.add(cfg.name)
             st.expire(tx, now)
         msg_id = rollup = None
+        checked = False
         if headers:
-            if not isinstance(headers, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            if not isinstance(headers, dict):
                 raise BadRequestError("headers must map strings to strings")
+            for k, v in headers.items():
+                if not (isinstance(k, str) and isinstance(v, str)):
+                    raise BadRequestError("headers must map strings to strings")
+            # Most publishes carry a msg id and nothing else to check.
+            checked = not _CHECKED_HEADERS.isdisjoint(headers)
             # An empty expectation header is no expectation (JetStream checks `!= ""`).
-            expected = headers.get("Nats-Expected-Stream")
+            expected = headers.get("Nats-Expected-Stream") if checked else None
             if expected and expected != cfg.name:
                 raise StreamNotMatchError()
             msg_id = headers.get("Nats-Msg-Id") or None
@@ -422,6 +430,7 @@ class Store:
                 dup = st.dedup_lookup(tx, msg_id, now)
                 if dup is not None:
                     return PubAck(cfg.name, dup, duplicate=True)
+        if checked:
             expected = headers.get("Nats-Expected-Last-Subject-Sequence")
             if expected is not None:
                 last = st.last_seq_for_subject(tx, subject)
@@ -439,10 +448,10 @@ class Store:
                     raise StreamRollupFailedError("rollup not permitted")
                 if rollup not in ("sub", "all"):
                     raise StreamRollupFailedError(f"rollup value invalid: {rollup!r}")
-        self._check_admit(st, tx, subject, headers, data)
+        size = self._check_admit(st, tx, subject, headers, data)
         part.touched.add(cfg.name)
         last = st.last_seq
-        seq, stored = self._store(st, tx, subject, headers, data, now)
+        seq, stored = self._store(st, tx, subject, headers, data, now, size)
         if stored and cfg.republish and subj.matches(cfg.republish.src, subject):
             ctx.events.append(_republished(cfg, subject, headers, data, seq, last, now))
         if stored:
@@ -457,8 +466,8 @@ class Store:
         ctx.stored[cfg.name] = seq
         return PubAck(cfg.name, seq)
 
-    def _check_admit(self, st: StreamRec, tx: Tx, subject: str, headers: Optional[dict], data: bytes) -> None:
-        """The size and discard-new limits a message must pass to be stored."""
+    def _check_admit(self, st: StreamRec, tx: Tx, subject: str, headers: Optional[dict], data: bytes) -> int:
+        """The size and discard-new limits a message must pass to be stored; its stored size."""
         cfg = st.config
         hlen = header_len(headers)
         if hlen > MAX_HEADER_BYTES:
@@ -466,18 +475,20 @@ class Store:
         payload = hlen + len(data)
         if payload > self.options.max_payload or (cfg.max_msg_size >= 0 and payload > cfg.max_msg_size):
             raise MessageSizeExceedsError()
+        size = stored_size(subject, hlen, data, cfg.storage)
         if cfg.discard == "new":
-            self._check_discard_new(st, tx, subject, msg_size(subject, headers, data, cfg.storage))
+            self._check_discard_new(st, tx, subject, size)
+        return size
 
     @staticmethod
     def _store(st: StreamRec, tx: Tx, subject: str, headers: Optional[dict], data: bytes,
-               ts: int) -> tuple[int, bool]:
+               ts: int, size: int) -> tuple[int, bool]:
         """(sequence, whether the message was kept)."""
         if st.config.retention == "interest" and not any(c.matches(subject) for c in st.consumers.values()):
             # No consumer would ever ack it: JetStream does not keep it, but the
             # sequence is used and the publisher still gets its ack.
             return st.skip(ts), False
-        seq = st.store(tx, subject, headers, data, ts)
+        seq = st.store(tx, subject, headers, data, ts, size)
         for c in st.consumers.values():
             c.on_stored(seq, subject)
         return seq, True
@@ -537,13 +548,13 @@ class Store:
                     subject = origin.transform(subject)
                     headers = dict(headers or {}, **{SOURCE_HEADER: source_header(origin, oseq, subject)})
                     ts = ctx.now
-                self._check_admit(st, tx, subject, headers, data)
+                size = self._check_admit(st, tx, subject, headers, data)
             except JSError as e:
                 # A limit of this stream (max_msgs with discard new, message size) stops
                 # the copy here, reported, and the pipeline retries from this message.
                 error = e.to_wire()
                 break
-            seq, stored = self._store(st, tx, subject, headers, data, ts)
+            seq, stored = self._store(st, tx, subject, headers, data, ts, size)
             if stored:
                 st.enforce_limits(tx, subject)
             ctx.stored[st.name] = seq

@@ -31,10 +31,13 @@ def header_len(headers: Optional[dict]) -> int:
 
 
 def msg_size(subject: str, headers: Optional[dict], data: bytes, storage: str) -> int:
+    return stored_size(subject, header_len(headers), data, storage)
+
+
+def stored_size(subject: str, hlen: int, data: bytes, storage: str) -> int:
     """What JetStream counts a stored message as, so `bytes` and `max_bytes` agree with it:
     memStoreMsgSize (16 for sequence and timestamp) or fileStoreMsgSize (record length,
     sequence, timestamp, subject length and hash: 30, plus 4 for the header length)."""
-    hlen = header_len(headers)
     if storage == "memory":
         return len(subject) + hlen + len(data) + 16
     return 30 + len(subject) + (4 + hlen if hlen else 0) + len(data)
@@ -51,7 +54,7 @@ def unpack_msg(raw: bytes) -> tuple[str, Optional[dict], bytes, int]:
 class StreamRec:
     __slots__ = ("sid", "config", "created", "first_seq", "last_seq", "msgs", "bytes", "first_ts", "last_ts",
                  "num_subjects", "last_msg_id", "next_cid", "consumers", "subj_counts", "dirty",
-                 "storage", "origins")
+                 "storage", "origins", "new_ids")
 
     def __init__(self, sid: int, config: StreamConfig, created: int):
         self.sid = sid
@@ -72,6 +75,7 @@ class StreamRec:
         self.storage = config.storage
         self.origins: dict[str, OriginState] = {}      # mirror/source origin key -> its state
         sync_origins(self.origins, config)
+        self.new_ids: list[str] = []                   # msg ids recorded by the current entry
 
     # -- persistence -------------------------------------------------------
     def to_record(self) -> bytes:
@@ -147,7 +151,8 @@ class StreamRec:
         for k, v in tx.scan(lo, hi, reverse):
             yield K.read_u64(k, 5), unpack_msg(v)
 
-    def store(self, tx, subject: str, headers: Optional[dict], data: bytes, ts: int) -> int:
+    def store(self, tx, subject: str, headers: Optional[dict], data: bytes, ts: int, size: int) -> int:
+        """Store a message of `size` (stored_size) as the next sequence."""
         seq = self.last_seq + 1
         tx.put(K.msg_key(self.sid, seq), pack_msg(subject, headers, data, ts))
         tx.put(K.subj_index_key(self.sid, subject, seq), b"")
@@ -161,7 +166,7 @@ class StreamRec:
             self.first_seq = seq
             self.first_ts = ts
         self.msgs += 1
-        self.bytes += msg_size(subject, headers, data, self.config.storage)
+        self.bytes += size
         self.dirty = True
         return seq
 
@@ -262,12 +267,12 @@ class StreamRec:
         return removed
 
     # -- dedupe ------------------------------------------------------------
-    # The window lives in the backend only: a D key per msg_id (its seq and time) and an
-    # E key per record in time order, so pruning reads just what expired. Held in
-    # memory, the window (every publish of raftbroker's client carries an id) grew a
-    # node by ~100 MiB per million messages; here it costs ~5 us per publish with an id
-    # (a RocksDB get and one more put). A Bloom filter in front of the get was tried:
-    # in pure Python it cost more (~7 us) than the get it saved.
+    # The window lives in the backend only: a D key per msg_id (its seq and time) and,
+    # per entry, an E key in time order listing the ids the entry recorded, so pruning
+    # reads just what expired. Held in memory, the window (every publish of raftbroker's
+    # client carries an id) grew a node by ~100 MiB per million messages; here it costs a
+    # RocksDB get and a put per publish with an id. A Bloom filter in front of the get
+    # was tried: in pure Python it cost more (~7 us) than the get it saved.
     def dedup_lookup(self, tx, msg_id: str, now: int) -> Optional[int]:
         raw = tx.get(K.dedup_key(self.sid, msg_id))
         if raw is None:
@@ -277,18 +282,29 @@ class StreamRec:
 
     def dedup_record(self, tx, msg_id: str, seq: int, ts: int) -> None:
         tx.put(K.dedup_key(self.sid, msg_id), msgpack.packb((seq, ts)))
-        tx.put(K.dedup_expiry_key(self.sid, ts, msg_id), b"")
+        self.new_ids.append(msg_id)
+
+    def flush_dedup(self, tx, ts: int) -> None:
+        """The E key of the ids this entry recorded (all at the entry's time `ts`): keyed by
+        the time and the first id, the others in its value. Unique: the window is over
+        zero for every stream that records ids, so an id is recorded again only at a
+        later time."""
+        ids = self.new_ids
+        if ids:
+            tx.put(K.dedup_expiry_key(self.sid, ts, ids[0]), msgpack.packb(ids[1:]) if len(ids) > 1 else b"")
+            self.new_ids = []
 
     def dedup_prune(self, tx, now: int) -> None:
         cutoff = now - ns(self.config.duplicate_window)
         expired = list(tx.scan(K.dedup_expiry_prefix(self.sid), K.dedup_expiry_key(self.sid, max(0, cutoff + 1), "")))
-        for k, _ in expired:
+        for k, v in expired:
             tx.delete(k)
-            key = K.dedup_key(self.sid, K.dedup_expiry_msg_id(k))
-            raw = tx.get(key)
-            # The id may have been recorded again since (after it had expired): keep that.
-            if raw is not None and msgpack.unpackb(raw)[1] <= cutoff:
-                tx.delete(key)
+            for msg_id in [K.dedup_expiry_msg_id(k)] + (msgpack.unpackb(v) if v else []):
+                key = K.dedup_key(self.sid, msg_id)
+                raw = tx.get(key)
+                # The id may have been recorded again since (after it had expired): keep that.
+                if raw is not None and msgpack.unpackb(raw)[1] <= cutoff:
+                    tx.delete(key)
 
     @property
     def num_deleted(self) -> int:

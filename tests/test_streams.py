@@ -540,6 +540,23 @@ def test_a_sweep_removes_expired_dedupe_entries_from_the_store(engine, storage_t
     assert pub(engine, headers={"Nats-Msg-Id": "old"}).duplicate is None
 
 
+def test_one_time_key_lists_every_id_of_an_entry_and_a_sweep_prunes_them_all(engine, storage_type):
+    add(engine, storage=storage_type, duplicate_window=30.0)
+    acks = engine.apply_all(*[Publish("s.a", b"x", {"Nats-Msg-Id": f"m{i}"}) for i in range(5)],
+                            Publish("s.a", b"x", {"Nats-Msg-Id": "m2"}))
+    assert [a.seq for a in acks] == [1, 2, 3, 4, 5, 3] and acks[-1].duplicate is True
+    keys = dedupe_keys(engine, storage_type)
+    assert len([k for k in keys if k.startswith(b"D")]) == 5
+    assert len([k for k in keys if k.startswith(b"E")]) == 1
+    engine.advance(20)
+    pub(engine, headers={"Nats-Msg-Id": "later"})
+    engine.advance(15)
+    engine.apply(Sweep())
+    left = dedupe_keys(engine, storage_type)
+    assert len(left) == 2 and all(k.endswith(b"later") for k in left)
+    assert all(pub(engine, headers={"Nats-Msg-Id": f"m{i}"}).duplicate is None for i in range(5))
+
+
 def test_an_id_stored_again_after_expiring_survives_the_prune_of_its_first_record(engine):
     add(engine, duplicate_window=30.0)
     pub(engine, headers={"Nats-Msg-Id": "m1"})
