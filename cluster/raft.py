@@ -66,11 +66,12 @@ class RaftNode(GroupCommitNode):
                  clock: Callable[[], int] = time.time_ns):
         super().__init__(bounds, clock)
         # The synced journal is what makes an entry durable here; the store's write
-        # batches need no fsync of their own. After a power loss RocksDB recovers a
-        # prefix of them (with the applied index in each), and the journal re-applies
-        # the rest; a snapshot's checkpoint flushes the store before the journal is
-        # compacted, so the store is never behind what the journal still holds.
-        store_options = dataclasses.replace(store_options, sync=False)
+        # batches need no fsync and no write-ahead log of their own (the log cost 3-5 us
+        # of CPU per message). After a crash or a power loss RocksDB holds a prefix of
+        # them (what it last flushed, with the applied index in each), and the journal
+        # re-applies the rest; a snapshot's checkpoint flushes the store before the
+        # journal is compacted, so the store is never behind what the journal still holds.
+        store_options = dataclasses.replace(store_options, sync=False, wal=False)
         self.ident = ident
         self.name = ident.name
         self.data_dir = data_dir

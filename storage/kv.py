@@ -20,7 +20,7 @@ WRITE_BUFFER_BYTES = 16 << 20
 
 
 class RocksBackend:
-    def __init__(self, path: str, sync: bool = True, read_only: bool = False):
+    def __init__(self, path: str, sync: bool = True, read_only: bool = False, wal: bool = True):
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(not read_only)
         opts.set_paranoid_checks(True)
@@ -37,7 +37,10 @@ class RocksBackend:
         self.db = rocksdict.Rdict(path, opts, access_type=rocksdict.AccessType.read_only()) if read_only \
             else rocksdict.Rdict(path, opts)
         self.write_opts = rocksdict.WriteOptions()
-        self.write_opts.sync = sync
+        self.write_opts.sync = sync and wal
+        # Without its log, a process that dies loses the memtables: the store falls back to
+        # what was last flushed, a prefix of the write batches. A checkpoint flushes them.
+        self.write_opts.disable_wal = not wal
         self.read_opts = rocksdict.ReadOptions()
         self.read_opts.set_verify_checksums(True)
         self.db.set_read_options(self.read_opts)

@@ -57,6 +57,7 @@ _CHECKED_HEADERS = frozenset({"Nats-Expected-Stream", "Nats-Expected-Last-Subjec
 @dataclass
 class StoreOptions:
     sync: bool = True                   # fsync every entry's write batch (file partition)
+    wal: bool = True                    # RocksDB's write-ahead log; off where a Raft journal is the log
     max_replicas: int = 1               # the cluster size; num_replicas above it is refused
     max_payload: int = 8 * 1024 * 1024  # bytes of headers + data in one message
     max_ack_pending_limit: int = 100_000
@@ -126,7 +127,7 @@ class Store:
         the file partition already holds."""
         options = options or StoreOptions()
         os.makedirs(path, exist_ok=True)
-        rocks = RocksBackend(os.path.join(path, "rocks"), sync=options.sync)
+        rocks = RocksBackend(os.path.join(path, "rocks"), sync=options.sync, wal=options.wal)
         if options.verify_on_open:
             n = rocks.verify()
             log.info("store verified", extra={"keys": n, "path": path})
