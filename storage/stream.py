@@ -68,7 +68,7 @@ def unpack_msg(raw: bytes) -> tuple[str, Optional[dict], bytes, int]:
 class StreamRec:
     __slots__ = ("sid", "config", "created", "first_seq", "last_seq", "msgs", "bytes", "first_ts", "last_ts",
                  "num_subjects", "last_msg_id", "next_cid", "consumers", "subj_counts", "dirty",
-                 "storage", "origins", "new_ids")
+                 "storage", "origins", "new_ids", "_config_dict")
 
     def __init__(self, sid: int, config: StreamConfig, created: int):
         self.sid = sid
@@ -90,11 +90,17 @@ class StreamRec:
         self.origins: dict[str, OriginState] = {}      # mirror/source origin key -> its state
         sync_origins(self.origins, config)
         self.new_ids: list[str] = []                   # msg ids recorded by the current entry
+        self._config_dict: tuple = (None, None)        # (config, its to_dict()), for to_record
 
     # -- persistence -------------------------------------------------------
     def to_record(self) -> bytes:
+        # Written by every entry that touches the stream; its config only changes by being
+        # replaced (UpdateStream), so its dict is built once per config object.
+        config, as_dict = self._config_dict
+        if config is not self.config:
+            config, as_dict = self._config_dict = (self.config, self.config.to_dict())
         return msgpack.packb({
-            "sid": self.sid, "config": self.config.to_dict(), "created": self.created,
+            "sid": self.sid, "config": as_dict, "created": self.created,
             "first_seq": self.first_seq, "last_seq": self.last_seq, "msgs": self.msgs, "bytes": self.bytes,
             "first_ts": self.first_ts, "last_ts": self.last_ts, "num_subjects": self.num_subjects,
             "last_msg_id": self.last_msg_id, "next_cid": self.next_cid,
