@@ -10,6 +10,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
@@ -380,7 +381,7 @@ class Server:
 
     def _pub_result(self, cmd: Publish, ack, seconds: float) -> dict:
         if not ack.duplicate:
-            self.service.metrics.published_one(ack.stream, cmd.subject, seconds)
+            self.service.metrics.published(ack.stream, cmd.subject, seconds)
         self.service.deliver_core(cmd.subject, cmd.data, cmd.headers)
         return ack.to_dict()
 
@@ -393,8 +394,17 @@ class Server:
         results = await self.node.propose(cmds)
         took = time.perf_counter() - t0
         out = []
+        stored: Counter = Counter()     # (stream, subject) -> publishes stored, counted once per batch
         for cmd, r in zip(cmds, results):
-            out.append({"error": r.to_wire()} if isinstance(r, JSError) else self._pub_result(cmd, r, took))
+            if isinstance(r, JSError):
+                out.append({"error": r.to_wire()})
+                continue
+            if not r.duplicate:
+                stored[r.stream, cmd.subject] += 1
+            self.service.deliver_core(cmd.subject, cmd.data, cmd.headers)
+            out.append(r.to_dict())
+        for (stream, subject), n in stored.items():
+            self.service.metrics.published(stream, subject, took, n)
         return {"acks": out}
 
     async def op_cpub(self, conn, body):

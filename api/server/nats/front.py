@@ -541,7 +541,7 @@ class NatsFront:
                 self._reply_json(op.reply, {"error": {"code": 500, "err_code": 10999,
                                                       "description": f"internal error: {r!r}"}})
             else:
-                self.service.metrics.published_one(r.stream, op.subject, time.perf_counter() - t0)
+                self.service.metrics.published(r.stream, op.subject, time.perf_counter() - t0)
                 body = {"stream": r.stream, "seq": r.seq}
                 if r.duplicate:
                     body["duplicate"] = True
