@@ -28,8 +28,10 @@ class RocksBackend:
         # would dwarf everything else a node holds. Smaller ones just flush sooner.
         opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
         opts.set_max_write_buffer_number(2)
-        # Most dedupe lookups are for ids never seen: a bloom filter answers those
-        # without reading a block.
+        # Most dedupe lookups are for ids never seen: bloom filters, in the tables and in
+        # the memtables (a tenth of their size), answer those without a search.
+        opts.set_memtable_prefix_bloom_ratio(0.1)
+        opts.set_memtable_whole_key_filtering(True)
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(10, False)
         opts.set_block_based_table_factory(table)
