@@ -367,6 +367,10 @@ class RaftNode(GroupCommitNode):
         target = self.sync.raftCommitIndex if self.is_leader else self.sync.leader_commit_index()
         if self.sync.raftLastApplied < target:
             return False, f"applying: {self.sync.raftLastApplied} of {target}"
+        if self._directory.get(self.name) != self._announcement():
+            # Until then the other nodes know it by its Raft address only (stream info's
+            # replicas, cluster status, where clients are sent).
+            return False, "announcing its name and addresses"
         return True, "ok"
 
     # == admin ============================================================================
@@ -417,8 +421,11 @@ class RaftNode(GroupCommitNode):
         if self.bootstrap_requested and not self.sync.voter:
             self._tasks.append(self._loop.create_task(self._bootstrap()))
 
+    def _announcement(self) -> dict:
+        return {"raft": self.ident.raft, "client": self.ident.client, "http": self.ident.http, "nats": self.ident.nats}
+
     async def _announce_loop(self) -> None:
-        me = {"raft": self.ident.raft, "client": self.ident.client, "http": self.ident.http, "nats": self.ident.nats}
+        me = self._announcement()
         while True:
             await asyncio.sleep(0.5)
             if self.sync._getLeader() is None or self._directory.get(self.name) == me:
