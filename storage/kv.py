@@ -39,7 +39,9 @@ class RocksBackend:
         self.db = rocksdict.Rdict(path, opts, access_type=rocksdict.AccessType.read_only()) if read_only \
             else rocksdict.Rdict(path, opts)
         self.write_opts = rocksdict.WriteOptions()
-        self.write_opts.sync = sync and wal
+        if sync and not wal:
+            raise ValueError("a synced write needs RocksDB's write-ahead log")
+        self.write_opts.sync = sync
         # Without its log, a process that dies loses the memtables: the store falls back to
         # what was last flushed, a prefix of the write batches. A checkpoint flushes them.
         self.write_opts.disable_wal = not wal

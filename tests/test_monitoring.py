@@ -10,9 +10,11 @@ import urllib.request
 
 import nats
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.client import ConsumerConfig, connect
+from api.server.metrics import NodeMetrics
 from cluster_util import Cluster
 from e2e_util import until
 
@@ -195,3 +197,16 @@ async def test_consumer_health_turns_503_when_behind_and_200_when_caught_up(scen
         assert status == 200, body
     finally:
         await nc.close()
+
+
+def test_latency_histograms_count_batches_and_spell_le_as_prometheus_client_does():
+    m = NodeMetrics()
+    m.published("S", "s.a", 0.0003, 5)
+    m.entry_commands.observe(1)
+    text = generate_latest(m.registry).decode()
+    assert 'jetstream_publish_seconds_bucket{le="0.0005"} 5.0' in text
+    assert 'jetstream_publish_seconds_bucket{le="0.00025"} 0.0' in text
+    assert 'jetstream_publish_seconds_bucket{le="+Inf"} 5.0' in text
+    assert "jetstream_publish_seconds_count 5.0" in text
+    assert 'raftbroker_entry_commands_bucket{le="1.0"} 1.0' in text
+    assert 'jetstream_messages_published_total{stream="S",subject="s.a"} 5.0' in text

@@ -14,6 +14,7 @@ from typing import Optional
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 MAX_SUBJECT_LABELS = 100      # distinct subject label values per stream; the rest count as "_other"
 OTHER = "_other"
@@ -36,10 +37,11 @@ class LatencyHistogram:
         self.sum += value * n
 
     def family(self) -> HistogramMetricFamily:
+        """The `le` labels spelled as prometheus-client's Histogram spells them ("1.0", "+Inf")."""
         cumulative, total = [], 0
         for bound, n in zip(self.bounds + (float("inf"),), self.counts):
             total += n
-            cumulative.append((str(bound) if bound != float("inf") else "+Inf", total))
+            cumulative.append((floatToGoString(bound), total))
         return HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.sum)
 
 

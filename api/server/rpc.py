@@ -382,6 +382,10 @@ class Server:
     def _pub_result(self, cmd: Publish, ack, seconds: float) -> dict:
         if not ack.duplicate:
             self.service.metrics.published(ack.stream, cmd.subject, seconds)
+        return self._acked(cmd, ack)
+
+    def _acked(self, cmd: Publish, ack) -> dict:
+        """A stored publish's reply; core subscribers get it too, as in NATS."""
         self.service.deliver_core(cmd.subject, cmd.data, cmd.headers)
         return ack.to_dict()
 
@@ -401,8 +405,7 @@ class Server:
                 continue
             if not r.duplicate:
                 stored[r.stream, cmd.subject] += 1
-            self.service.deliver_core(cmd.subject, cmd.data, cmd.headers)
-            out.append(r.to_dict())
+            out.append(self._acked(cmd, r))
         for (stream, subject), n in stored.items():
             self.service.metrics.published(stream, subject, took, n)
         return {"acks": out}
