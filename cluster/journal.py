@@ -51,6 +51,7 @@ import struct
 import threading
 import time
 import zlib
+from array import array
 from typing import Any, Callable, Iterable, Optional
 
 import msgpack
@@ -79,6 +80,7 @@ LOG_HEADER_SIZE = _LOG_HEADER.size
 REC_HEADER_SIZE = _REC_HEADER.size
 MAX_COMMAND_BYTES = 2**32 - 1              # the length field is a u32
 COPY_CHUNK_BYTES = 1 << 20                 # compaction copies the kept tail in chunks of this size
+CACHE_BYTES = 8 << 20                      # commands of the newest entries kept in memory
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
@@ -143,8 +145,9 @@ def _check_torn_tail(path: str, buf, off: int, prev: Optional[tuple]) -> None:
         pos = buf.find(needle, pos + 1)
 
 
-def scan_log(path: str, buf) -> tuple[list[tuple[bytes, int, int]], list[int], int]:
-    """Parse a whole raft.log image: (entries, their offsets, end of the last good record)."""
+def scan_log(path: str, buf) -> tuple[Optional[int], array, array, int]:
+    """Check a whole raft.log image: (idx of its first record or None, the records' terms,
+    their offsets, end of the last good record). Commands are checked, not copied."""
     size = len(buf)
     if size < LOG_HEADER_SIZE:
         raise CorruptStateError(path, f"file is {size} bytes, shorter than its {LOG_HEADER_SIZE}-byte header", 0)
@@ -153,43 +156,50 @@ def scan_log(path: str, buf) -> tuple[list[tuple[bytes, int, int]], list[int], i
         raise CorruptStateError(path, f"bad header magic {magic!r} (not a raftbroker Raft log)", 0)
     if version != FORMAT_VERSION:
         raise CorruptStateError(path, f"unsupported format version {version} (this build reads {FORMAT_VERSION})", 0)
-    entries: list[tuple[bytes, int, int]] = []
-    offsets: list[int] = []
+    first: Optional[int] = None
+    terms, offsets = array("Q"), array("Q")
+    prev: Optional[tuple] = None        # (None, idx, term) of the last good record, as _check_torn_tail reads it
     off = LOG_HEADER_SIZE
     while off < size:
         if size - off >= REC_HEADER_SIZE:
             length, crc, idx, term = _REC_HEADER.unpack_from(buf, off)
             end = off + REC_HEADER_SIZE + length
             if end <= size:
-                command = buf[off + REC_HEADER_SIZE:end]
-                if _record_crc(length, idx, term, command) != crc:
+                if _record_crc(length, idx, term, buf[off + REC_HEADER_SIZE:end]) != crc:
                     if _is_zero(buf, off, size):
                         break  # zero-filled tail: the size reached the disk, the data did not
-                    raise CorruptStateError(path, f"checksum mismatch in record #{len(entries)}", off)
-                if entries and idx != entries[-1][1] + 1:
-                    raise CorruptStateError(path, f"record idx {idx} does not follow idx {entries[-1][1]}", off)
-                if entries and term < entries[-1][2]:
+                    raise CorruptStateError(path, f"checksum mismatch in record #{len(offsets)}", off)
+                if prev and idx != prev[1] + 1:
+                    raise CorruptStateError(path, f"record idx {idx} does not follow idx {prev[1]}", off)
+                if prev and term < prev[2]:
                     raise CorruptStateError(path, f"record idx {idx} has term {term}, below the previous "
-                                                  f"term {entries[-1][2]}", off)
-                entries.append((bytes(command), idx, term))
+                                                  f"term {prev[2]}", off)
+                if first is None:
+                    first = idx
+                terms.append(term)
                 offsets.append(off)
+                prev = (None, idx, term)
                 off = end
                 continue
-        _check_torn_tail(path, buf, off, entries[-1] if entries else None)
+        _check_torn_tail(path, buf, off, prev)
         break
-    return entries, offsets, off
+    return first, terms, offsets, off
 
 
 class RaftJournal(Journal):
     """pysyncobj's Raft log and term/vote store, kept in `directory` (see the module doc).
 
-    Entries are `(command: bytes, idx: int, term: int)` tuples held in memory as well,
-    because pysyncobj indexes and slices the log freely. Thread-safe: pysyncobj's tick
-    thread and the cluster code (`set_extra`, `sync`) may call in concurrently.
+    Entries read as `(command: bytes, idx: int, term: int)` tuples; pysyncobj indexes and
+    slices the log freely, and a slice is a lazy view (`LogView`). Only the commands of
+    the newest entries, about `cache_bytes` of them, stay in memory: those are what the
+    leader sends and every node applies next. Older ones are read back from raft.log and
+    their checksums checked again; a node's memory does not grow with its log between
+    compactions. Thread-safe: pysyncobj's tick thread and the cluster code (`set_extra`,
+    `sync`) may call in concurrently.
     """
 
     def __init__(self, directory: str, sync: bool = True, also_sync_dirs: Iterable[str] = (),
-                 also_sync_files: Iterable[str] = ()):
+                 also_sync_files: Iterable[str] = (), cache_bytes: int = CACHE_BYTES):
         self.directory = os.path.abspath(directory)
         self.path = os.path.join(self.directory, LOG_NAME)
         self.meta_path = os.path.join(self.directory, META_NAME)
@@ -204,8 +214,15 @@ class RaftJournal(Journal):
         self.also_sync_files = [os.path.abspath(f) for f in also_sync_files]
         self.synced_size = 0            # bytes of raft.log known to be durable
         self._lock = threading.RLock()
-        self._entries: list[tuple[bytes, int, int]] = []
-        self._offsets: list[int] = []
+        # Entry at list position p: idx _first_idx + p, term _terms[p], record at _offsets[p].
+        # Indexes are contiguous (add() refuses a gap), so they need no array of their own.
+        self._first_idx = 0
+        self._terms = array("Q")
+        self._offsets = array("Q")
+        self.cache_bytes = cache_bytes
+        self._cache: list[bytes] = []   # commands of positions _cache_pos.. (the newest entries)
+        self._cache_pos = 0
+        self._cache_size = 0
         self._size = 0                  # bytes of raft.log written (durable or not)
         self._dirty = False             # records added since the last sync()
         self._fd = -1
@@ -246,8 +263,8 @@ class RaftJournal(Journal):
         if log_found:
             self._load_log()
         if not meta_found:
-            if self._entries:
-                raise CorruptStateError(self.meta_path, f"missing while {LOG_NAME} holds {len(self._entries)} "
+            if self._terms:
+                raise CorruptStateError(self.meta_path, f"missing while {LOG_NAME} holds {len(self._terms)} "
                                                         f"entries (idx {self.first_index()}..{self.last_index()}), "
                                                         f"so the node's term and vote are unknown")
             self._write_meta(durable=True)
@@ -257,25 +274,27 @@ class RaftJournal(Journal):
             raise CorruptStateError(self.path, f"missing while {META_NAME} records term {self._term}")
         if not log_found:
             self._replace_log(0)
-        if self._entries and self._commit_index > self._entries[-1][1]:
+        last = self.last_index()
+        if last is not None and self._commit_index > last:
             log.warning("journal %s: commit index %d is past the last entry %d (entries lost in a crash); "
-                        "clamping", self.directory, self._commit_index, self._entries[-1][1])
-            self._commit_index = self._entries[-1][1]
+                        "clamping", self.directory, self._commit_index, last)
+            self._commit_index = last
 
     def _load_log(self) -> None:
         self._fd = os.open(self.path, os.O_RDWR)
         size = os.fstat(self._fd).st_size
         if size == 0:
-            entries, offsets, end = scan_log(self.path, b"")
+            first, terms, offsets, end = scan_log(self.path, b"")
         else:
             with mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) as buf:
-                entries, offsets, end = scan_log(self.path, buf)
+                first, terms, offsets, end = scan_log(self.path, buf)
         if end < size:
             log.warning("journal %s: cutting a torn tail of %d bytes at offset %d (a write that never reached "
                         "the disk whole)", self.path, size - end, end)
             os.ftruncate(self._fd, end)
             os.fsync(self._fd)
-        self._entries, self._offsets = entries, offsets
+        self._first_idx, self._terms, self._offsets = first or 0, terms, offsets
+        self._cache, self._cache_pos, self._cache_size = [], len(terms), 0
         self._size = self.synced_size = end
 
     def _load_meta(self, blob: bytes) -> None:
@@ -311,8 +330,8 @@ class RaftJournal(Journal):
             command = bytes(command)
         with self._lock:
             self._check_open()
-            if self._entries:
-                _, last_idx, last_term = self._entries[-1]
+            if self._terms:
+                last_idx, last_term = self._first_idx + len(self._terms) - 1, self._terms[-1]
                 # Refuse what the reader would reject: better one failed append than a log
                 # the node can no longer open.
                 if idx != last_idx + 1 or term < last_term:
@@ -325,10 +344,27 @@ class RaftJournal(Journal):
             written = os.pwritev(self._fd, [header, command], self._size)
             if written < len(header) + length:
                 _pwrite_all(self._fd, (header + command)[written:], self._size + written)
-            self._entries.append((command, idx, term))
+            if not self._terms:
+                self._first_idx = idx
+            self._terms.append(term)
             self._offsets.append(self._size)
+            self._cache.append(command)
+            self._cache_size += length
+            if self._cache_size > self.cache_bytes:
+                self._shrink_cache()
             self._size += REC_HEADER_SIZE + length
             self._dirty = True
+
+    def _shrink_cache(self) -> None:
+        """Forget the oldest cached commands, down to half the budget (so this runs once
+        per cache_bytes/2 added, not on every add); the newest always stays."""
+        drop, size = 0, self._cache_size
+        while size > self.cache_bytes // 2 and drop < len(self._cache) - 1:
+            size -= len(self._cache[drop])
+            drop += 1
+        del self._cache[:drop]
+        self._cache_pos += drop
+        self._cache_size = size
 
     def sync(self) -> None:
         """Make every added record durable (no-op when none is pending; no fsync when sync=False)."""
@@ -350,11 +386,16 @@ class RaftJournal(Journal):
             self._check_open()
             if entryFrom < 0:
                 raise ValueError(f"position {entryFrom} < 0")
-            if entryFrom >= len(self._entries):
+            if entryFrom >= len(self._terms):
                 return
             off = self._offsets[entryFrom]
             os.ftruncate(self._fd, off)
-            del self._entries[entryFrom:], self._offsets[entryFrom:]
+            del self._terms[entryFrom:], self._offsets[entryFrom:]
+            if entryFrom <= self._cache_pos:
+                self._cache, self._cache_pos, self._cache_size = [], entryFrom, 0
+            else:
+                del self._cache[entryFrom - self._cache_pos:]
+                self._cache_size = sum(map(len, self._cache))
             self._size = off
             if self.sync_writes:
                 _fdatasync(self._fd)
@@ -368,12 +409,12 @@ class RaftJournal(Journal):
         with self._lock:
             self._check_open()
             if entryTo > 0:
-                self._compact(min(entryTo, len(self._entries)))
+                self._compact(min(entryTo, len(self._terms)))
 
     def clear(self) -> None:
         with self._lock:
             self._check_open()
-            self._compact(len(self._entries))
+            self._compact(len(self._terms))
 
     def _compact(self, pos: int) -> None:
         for p in self.also_sync_files + self.also_sync_dirs:
@@ -384,7 +425,7 @@ class RaftJournal(Journal):
         self._replace_log(pos)
         if self._meta_unsynced:
             self._write_meta(durable=True)   # with sync=False the last compaction is what survives
-        log.debug("journal %s: compacted to %d entries", self.directory, len(self._entries))
+        log.debug("journal %s: compacted to %d entries", self.directory, len(self._terms))
 
     def _replace_log(self, pos: int) -> None:
         """Atomically replace raft.log with the records from list position `pos` on.
@@ -415,27 +456,59 @@ class RaftJournal(Journal):
         if old >= 0:
             os.close(old)
         shift = start - LOG_HEADER_SIZE
-        self._entries = self._entries[pos:]
-        self._offsets = [o - shift for o in self._offsets[pos:]]
+        self._first_idx += pos
+        self._terms = self._terms[pos:]
+        self._offsets = array("Q", [o - shift for o in self._offsets[pos:]])
+        if pos > self._cache_pos:
+            gone = pos - self._cache_pos
+            self._cache_size -= sum(map(len, self._cache[:gone]))
+            del self._cache[:gone]
+        self._cache_pos = max(self._cache_pos - pos, 0)
         self._size = self.synced_size = out
         self._dirty = False
         os.fsync(self._dir_fd)
 
     def __getitem__(self, item):
-        return self._entries[item]
+        if isinstance(item, slice):
+            return LogView(self, range(len(self._terms))[item])
+        n = len(self._terms)
+        pos = item + n if item < 0 else item
+        if not 0 <= pos < n:
+            raise IndexError(f"journal position {item} out of range ({n} entries)")
+        return self.entry(pos)
+
+    def entry(self, pos: int) -> tuple[bytes, int, int]:
+        with self._lock:
+            cached = pos - self._cache_pos
+            command = self._cache[cached] if cached >= 0 else self._read_command(pos)
+            return command, self._first_idx + pos, self._terms[pos]
+
+    def _read_command(self, pos: int) -> bytes:
+        off = self._offsets[pos]
+        end = self._offsets[pos + 1] if pos + 1 < len(self._offsets) else self._size
+        record = os.pread(self._fd, end - off, off)
+        want_idx, want_term = self._first_idx + pos, self._terms[pos]
+        if len(record) == end - off >= REC_HEADER_SIZE:
+            length, crc, idx, term = _REC_HEADER.unpack_from(record, 0)
+            command = record[REC_HEADER_SIZE:]
+            if (length, idx, term) == (len(command), want_idx, want_term) \
+                    and _record_crc(length, idx, term, command) == crc:
+                return command
+        raise CorruptStateError(self.path, f"record idx {want_idx} no longer reads back as written (changed or cut "
+                                           f"on disk while the node ran); stop the node and check the disk", off)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._terms)
 
     def size_bytes(self) -> int:
-        """Bytes of raft.log (entries since the last compaction; kept in memory too)."""
+        """Bytes of raft.log (entries since the last compaction)."""
         return self._size
 
     def first_index(self) -> Optional[int]:
-        return self._entries[0][1] if self._entries else None
+        return self._first_idx if self._terms else None
 
     def last_index(self) -> Optional[int]:
-        return self._entries[-1][1] if self._entries else None
+        return self._first_idx + len(self._terms) - 1 if self._terms else None
 
     # -- term, vote, commit index, extra -----------------------------------------------------
     def setCurrentTerm(self, term: int, votedForNodeId: Optional[str]) -> None:
@@ -552,6 +625,37 @@ class RaftJournal(Journal):
                 os.replace(self.meta_path + TMP_SUFFIX, self.meta_path)
             os.close(self._fd)
             os.close(self._dir_fd)
+
+
+class LogView:
+    """Entries `positions` of a journal, read when indexed or iterated. pysyncobj slices
+    the log from a position to its end and then takes what fits in one message; a view
+    keeps that from reading (or copying) every entry after the position. Slicing a view
+    gives a list, as pysyncobj's messages need one. Used right away by the thread that
+    took it: a compaction in between would shift the positions."""
+
+    __slots__ = ("_journal", "_positions")
+
+    def __init__(self, journal: RaftJournal, positions: range):
+        self._journal, self._positions = journal, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self._journal.entry(p) for p in self._positions[item]]
+        return self._journal.entry(self._positions[item])
+
+    def __iter__(self):
+        return map(self._journal.entry, self._positions)
+
+    def __eq__(self, other):
+        if isinstance(other, (list, LogView)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None
 
 
 _original_create_journal = None

@@ -14,7 +14,7 @@ class RaftSettings:
     connection_retry_s: float = 0.5
     append_batch_bytes: int = 8 << 20  # above any entry: pysyncobj's chunked path for bigger ones is broken
     compaction_min_entries: int = 20_000
-    compaction_max_bytes: int = 64 << 20   # ...or once the journal (held in memory too) is this big
+    compaction_max_bytes: int = 64 << 20   # ...or once the journal is this big
     compaction_min_s: float = 600.0
     snapshot_chunk_bytes: int = 1 << 20
     commands_queue: int = 20_000

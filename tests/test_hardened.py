@@ -158,7 +158,7 @@ def log_indexes(obj) -> list[int]:
 def durable_through(j: RaftJournal):
     """The last index whose record lies wholly in the fsynced prefix of raft.log (None: none does)."""
     best = None
-    for pos, (_, idx, _) in enumerate(j._entries):
+    for pos, (_, idx, _) in enumerate(j[:]):
         end = j._offsets[pos + 1] if pos + 1 < len(j._offsets) else j._size
         if end <= j.synced_size:
             best = idx

@@ -354,3 +354,60 @@ def test_pysyncobj_compaction_drops_entries_through_our_journal(tmp_path):
     j = RaftJournal(str(tmp_path))
     assert [e[1] for e in j[:]] == list(range(j.first_index(), 13))
     j.close()
+
+
+def test_only_the_newest_commands_stay_in_memory_and_older_ones_read_back_as_written(tmp_path):
+    import random
+    rng = random.Random(7)
+    j = reopen(tmp_path, cache_bytes=64)
+    model: list = []
+    for step in range(600):
+        op = rng.random()
+        if op < 0.8 or not model:
+            idx = model[-1][1] + 1 if model else 1
+            e = (os.urandom(rng.randrange(1, 40)), idx, 1)
+            j.add(*e)
+            model.append(e)
+        elif op < 0.9:
+            pos = rng.randrange(len(model))
+            j.deleteEntriesFrom(pos)
+            del model[pos:]
+        else:
+            pos = rng.randrange(len(model) + 1)
+            j.deleteEntriesTo(pos)
+            del model[:pos]
+        assert j._cache_size <= 64 + 40 and j._cache_pos + len(j._cache) == len(model)
+        if step % 50 == 0:
+            assert j[:] == model and len(j) == len(model)
+    assert j[:] == model and [j[i] for i in range(-len(model), 0)] == model
+    assert j._cache_pos > 0            # most of the log is no longer held in memory
+    j.sync()
+    j.close()
+    j = reopen(tmp_path, cache_bytes=64)
+    assert j[:] == model and j._cache == []
+
+
+def test_a_record_changed_on_disk_after_it_left_the_cache_is_refused_not_returned(tmp_path):
+    j = reopen(tmp_path, cache_bytes=16)
+    fill(j, entries(10))
+    j.sync()
+    assert j[0] == entries(10)[0]
+    with open(j.path, "r+b") as f:
+        f.seek(j._offsets[2] + _REC_HEADER.size)
+        f.write(b"X")
+    with pytest.raises(CorruptStateError, match="idx 3 no longer reads back as written"):
+        j[2]
+    assert j[-1] == entries(10)[-1]    # still cached
+    j.close()
+
+
+def test_a_slice_is_a_view_read_only_as_far_as_it_is_used(tmp_path, monkeypatch):
+    j = reopen(tmp_path, cache_bytes=0)
+    fill(j, entries(50))
+    reads = []
+    real = j._read_command
+    monkeypatch.setattr(j, "_read_command", lambda pos: reads.append(pos) or real(pos))
+    view = j[10:]
+    assert len(view) == 40 and reads == []
+    assert view[:2] == entries(50)[10:12] and reads == [10, 11]
+    j.close()
