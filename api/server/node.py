@@ -8,7 +8,6 @@ its `propose`/`read` seam; it plugs in beside the others in `Broker._fronts`.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
@@ -16,30 +15,16 @@ import signal
 import sys
 from typing import Optional, Protocol
 
+from . import malloc
 from .config import NodeConfig
 from .logs import setup_logging
 
 log = logging.getLogger("raftbroker.node")
 
-# A node holds millions of long-lived objects (store records, the dedupe map, the
-# Raft log in memory) while each message makes short-lived ones that refcounting
-# frees anyway. CPython's default thresholds (700, 10, 10) then rescan the long-lived
+# A node holds many long-lived objects (store records, consumer state, pysyncobj's
+# own) while each message makes short-lived ones that refcounting frees anyway. CPython's default thresholds (700, 10, 10) then rescan the long-lived
 # ones so often that the publish rate fell by a fifth as the stream grew.
 GC_THRESHOLDS = (100_000, 50, 1000)
-# glibc gives each thread that allocates its own malloc arena (up to 8 per core); a
-# node's threads (event loop, Raft tick, readers, snapshot packing) then each keep
-# freed memory of their own. Two arenas cut a node's RSS after 1M messages by ~10 %.
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas() -> None:
-    """mallopt(M_ARENA_MAX) before any thread starts; a no-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):
-        pass
-
 # An entry must stay well under pysyncobj's append batch, so a cluster takes smaller payloads.
 SINGLE_MAX_PAYLOAD = 8 * 1024 * 1024
 CLUSTER_MAX_PAYLOAD = 1024 * 1024
@@ -188,7 +173,8 @@ def run_node(cfg: NodeConfig) -> int:
     from cluster.errors import CorruptStateError
     setup_logging(cfg.log_level, cfg.name)
     gc.set_threshold(*GC_THRESHOLDS)
-    limit_malloc_arenas()
+    malloc.limit_arenas()
+    malloc.start_trimmer()
     try:
         asyncio.run(_serve(cfg))
     except CorruptStateError as e:
