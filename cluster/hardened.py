@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
 import time
 from typing import Optional
 
@@ -47,13 +48,15 @@ BROKEN_SKIP_SYNC = "skip-sync"
 
 class HardenedSyncObj(SyncObj):
     def __init__(self, self_addr: str, partners: list[str], conf, journal, apply_fn, voter: bool,
-                 on_voter=None, on_members=None, compact_bytes: int = 0):
+                 on_voter=None, on_members=None, compact_bytes: int = 0,
+                 leader_lost_s: Optional[tuple[float, float]] = None):
         self._journal = journal
         self._apply_fn = apply_fn
         self.voter = voter
         self._on_voter = on_voter
         self._on_members = on_members
         self._compact_bytes = compact_bytes     # snapshot once the journal holds this much
+        self._leader_lost_s = leader_lost_s     # election delay once the leader's connection closes
         self.heard_leader = False
         self.broken = os.environ.get("RAFTBROKER_TEST_BROKEN", "")
         if self.broken:
@@ -139,9 +142,18 @@ class HardenedSyncObj(SyncObj):
 
     def _SyncObj__onNodeDisconnected(self, node):
         # pysyncobj reports every failed reconnect attempt too; say it once.
-        if node in self._SyncObj__connectedNodes:
+        was_connected = node in self._SyncObj__connectedNodes
+        if was_connected:
             log.warning("peer lost", extra={"peer": node.id})
         super()._SyncObj__onNodeDisconnected(node)
+        leader = self._getLeader()
+        if was_connected and self._leader_lost_s and self.voter and leader is not None \
+                and leader.id == node.id and not self._isLeader():
+            soon = time.monotonic() + random.uniform(*self._leader_lost_s)
+            if soon < self._SyncObj__raftElectionDeadline:
+                self._SyncObj__raftElectionDeadline = soon
+                log.info("leader connection closed: election in %.2f s unless it reconnects", soon - time.monotonic(),
+                         extra={"peer": node.id})
 
     def _sync_journal(self) -> None:
         if self.broken != BROKEN_SKIP_SYNC:

@@ -143,7 +143,8 @@ class RaftNode(GroupCommitNode):
         self.sync = HardenedSyncObj(ident.raft, partners, conf, self.journal, self._apply,
                                     voter=bool(self.journal.get_extra("voter", False)),
                                     on_voter=self._on_voter, on_members=self._on_members,
-                                    compact_bytes=settings.compaction_max_bytes)
+                                    compact_bytes=settings.compaction_max_bytes,
+                                    leader_lost_s=settings.leader_lost_s)
         log.info("raft node started", extra={"node": ident.name, "raft": ident.raft, "members": members,
                                              "voter": self.sync.voter, "applied_index": store.applied_index})
 

@@ -34,6 +34,16 @@ class RaftSettings:
         if self.election_max_s <= self.election_min_s:
             raise ValueError("election_max_s must be above election_min_s")
 
+    @property
+    def leader_lost_s(self) -> tuple[float, float]:
+        """A follower whose connection to the leader closes (the leader's process died and
+        its kernel closed the socket) stands for election after a delay drawn from this
+        range instead: a failover then takes about half a second, not one to two. The
+        range is wide so that two followers rarely split the vote, and starts above two
+        heartbeats so a leader that is still alive and reconnects in time keeps its place
+        (its heartbeat postpones the election)."""
+        return 0.2 * self.election_min_s, 0.6 * self.election_min_s
+
     def syncobj_conf(self, **extra):
         from pysyncobj import SyncObjConf
         return SyncObjConf(

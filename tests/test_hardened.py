@@ -81,11 +81,11 @@ class Nodes:
         self.n += 1
         return RaftJournal(str(self.root / ("j%d" % self.n)))
 
-    def node(self, cls, addr, partners, conf_fn, apply_fn=None, voter=True):
+    def node(self, cls, addr, partners, conf_fn, apply_fn=None, voter=True, **kw):
         journal = self.journal()
         try:
             obj = cls(addr, list(partners), conf_fn(journal), journal, apply_fn or (lambda index, blob: None),
-                      voter=voter)
+                      voter=voter, **kw)
         except BaseException:
             journal.close()
             raise
@@ -665,3 +665,18 @@ def test_8_cut_off_leader_steps_down_after_our_fallback_timeout(nodes, which):
     obj._SyncObj__lastResponseTime[other] = time.monotonic() - 5.0
     obj._onTick(0)
     assert obj._isLeader() == (which == "plain")
+
+
+def test_a_follower_stands_for_election_soon_after_the_leaders_connection_closes(nodes):
+    slow = RaftSettings(election_min_s=6.0, election_max_s=8.0, heartbeat_s=0.05, connection_retry_s=0.1)
+    addrs = free_addrs(3)
+    objs = [nodes.node(HardenedSyncObj, a, [p for p in addrs if p != a], ours(slow), leader_lost_s=slow.leader_lost_s)
+            for a in addrs]
+    leader = wait_leader(objs, timeout_s=30)
+    followers = [o for o in objs if o is not leader]
+    term = leader.raftCurrentTerm
+    leader.destroy_synchronous()     # closes its sockets, as the kernel does for a killed process
+    nodes.made.remove(leader)
+    # Heartbeats came every 0.05 s, so without the rule no follower could stand before 6 s.
+    assert wait_for(lambda: any(o._isLeader() for o in followers), timeout_s=slow.election_min_s - 0.5)
+    assert max(o.raftCurrentTerm for o in followers) == term + 1
