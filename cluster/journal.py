@@ -81,6 +81,7 @@ REC_HEADER_SIZE = _REC_HEADER.size
 MAX_COMMAND_BYTES = 2**32 - 1              # the length field is a u32
 COPY_CHUNK_BYTES = 1 << 20                 # compaction copies the kept tail in chunks of this size
 CACHE_BYTES = 8 << 20                      # commands of the newest entries kept in memory
+RELEASE_BYTES = 16 << 20                   # opening: hand the mapped pages back this often
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
@@ -145,9 +146,12 @@ def _check_torn_tail(path: str, buf, off: int, prev: Optional[tuple]) -> None:
         pos = buf.find(needle, pos + 1)
 
 
-def scan_log(path: str, buf) -> tuple[Optional[int], array, array, int]:
+def scan_log(path: str, buf, release: Optional[Callable[[int], None]] = None
+             ) -> tuple[Optional[int], array, array, int]:
     """Check a whole raft.log image: (idx of its first record or None, the records' terms,
-    their offsets, end of the last good record). Commands are checked, not copied."""
+    their offsets, end of the last good record). Commands are checked, not copied;
+    release(offset), when given, is told every RELEASE_BYTES that the bytes before
+    offset are done with."""
     size = len(buf)
     if size < LOG_HEADER_SIZE:
         raise CorruptStateError(path, f"file is {size} bytes, shorter than its {LOG_HEADER_SIZE}-byte header", 0)
@@ -159,8 +163,11 @@ def scan_log(path: str, buf) -> tuple[Optional[int], array, array, int]:
     first: Optional[int] = None
     terms, offsets = array("Q"), array("Q")
     prev: Optional[tuple] = None        # (None, idx, term) of the last good record, as _check_torn_tail reads it
-    off = LOG_HEADER_SIZE
+    off = released = LOG_HEADER_SIZE
     while off < size:
+        if release is not None and off - released >= RELEASE_BYTES:
+            release(off)
+            released = off
         if size - off >= REC_HEADER_SIZE:
             length, crc, idx, term = _REC_HEADER.unpack_from(buf, off)
             end = off + REC_HEADER_SIZE + length
@@ -287,7 +294,11 @@ class RaftJournal(Journal):
             first, terms, offsets, end = scan_log(self.path, b"")
         else:
             with mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) as buf:
-                first, terms, offsets, end = scan_log(self.path, buf)
+                # Every page read stays in this process's RSS while mapped: without
+                # this a node opening a 256 MiB journal peaked at 287 MiB.
+                def release(upto: int) -> None:
+                    buf.madvise(mmap.MADV_DONTNEED, 0, upto - upto % mmap.PAGESIZE)
+                first, terms, offsets, end = scan_log(self.path, buf, release)
         if end < size:
             log.warning("journal %s: cutting a torn tail of %d bytes at offset %d (a write that never reached "
                         "the disk whole)", self.path, size - end, end)

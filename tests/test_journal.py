@@ -411,3 +411,22 @@ def test_a_slice_is_a_view_read_only_as_far_as_it_is_used(tmp_path, monkeypatch)
     assert len(view) == 40 and reads == []
     assert view[:2] == entries(50)[10:12] and reads == [10, 11]
     j.close()
+
+
+def test_opening_a_big_journal_does_not_map_it_all_into_memory(tmp_path):
+    import subprocess
+    import sys
+    j = reopen(tmp_path, sync=False)
+    blob = os.urandom(200_000)
+    for i in range(1, 401):            # ~80 MiB of log
+        j.add(blob, i, 1)
+    j.close()
+    child = ("import resource, sys; from cluster.journal import RaftJournal; "
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+             f"j = RaftJournal({str(tmp_path)!r}, sync=False); "
+             "print(len(j), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    entries, grew_mib = map(int, out.split())
+    assert entries == 400
+    assert grew_mib < 40, out          # mapping the whole file grew it by ~80 MiB
