@@ -17,6 +17,9 @@ reproduces each defect on the plain class and shows it gone here.
 - A follower drops an append that would truncate entries it already applied;
   Raft never needs that, so such a message is stale.
 - Compaction never deletes up to an index that is no longer in the log.
+- Failover: a follower whose connection to the leader closes stands for election
+  after `leader_lost_s` (a fraction of the election timeout) rather than the whole
+  timeout; pysyncobj only notices a dead leader by its silence.
 - A node that is not a voter (wiped, new, or not yet bootstrapped) neither
   stands for election nor grants votes: it cannot prove what it acknowledged.
 - The replicated method never raises (see `RaftNode._apply`), so no entry can

@@ -117,21 +117,22 @@ def _valid_record_at(buf, off: int, want_idx: int) -> bool:
     return idx == want_idx and end <= len(buf) and _record_crc(length, idx, term, buf[off + REC_HEADER_SIZE:end]) == crc
 
 
-def _check_torn_tail(path: str, buf, off: int, prev: Optional[tuple]) -> None:
-    """Raise unless buf[off:] can be the prefix of a record whose write was cut short."""
+def _check_torn_tail(path: str, buf, off: int, prev: Optional[tuple[int, int]]) -> None:
+    """Raise unless buf[off:] can be the prefix of a record whose write was cut short;
+    prev is (idx, term) of the last good record before it, if any."""
     size = len(buf)
     if _is_zero(buf, off, size):
         return
     left = size - off
     if left >= 16 and prev is not None:
         (idx,) = _IDX.unpack_from(buf, off + 8)
-        if idx != prev[1] + 1:
-            raise CorruptStateError(path, f"truncated record has idx {idx}, expected {prev[1] + 1}", off)
+        if idx != prev[0] + 1:
+            raise CorruptStateError(path, f"truncated record has idx {idx}, expected {prev[0] + 1}", off)
     if left < REC_HEADER_SIZE:
         return
     length, crc, idx, term = _REC_HEADER.unpack_from(buf, off)
-    if prev is not None and term < prev[2]:
-        raise CorruptStateError(path, f"truncated record has term {term} below the previous term {prev[2]}", off)
+    if prev is not None and term < prev[1]:
+        raise CorruptStateError(path, f"truncated record has term {term} below the previous term {prev[1]}", off)
     # A torn write is a prefix of its record, so nothing in it can check out.
     true_length = left - REC_HEADER_SIZE
     if _record_crc(true_length, idx, term, buf[off + REC_HEADER_SIZE:]) == crc:
@@ -162,7 +163,6 @@ def scan_log(path: str, buf, release: Optional[Callable[[int], None]] = None
         raise CorruptStateError(path, f"unsupported format version {version} (this build reads {FORMAT_VERSION})", 0)
     first: Optional[int] = None
     terms, offsets = array("Q"), array("Q")
-    prev: Optional[tuple] = None        # (None, idx, term) of the last good record, as _check_torn_tail reads it
     off = released = LOG_HEADER_SIZE
     while off < size:
         if release is not None and off - released >= RELEASE_BYTES:
@@ -176,19 +176,19 @@ def scan_log(path: str, buf, release: Optional[Callable[[int], None]] = None
                     if _is_zero(buf, off, size):
                         break  # zero-filled tail: the size reached the disk, the data did not
                     raise CorruptStateError(path, f"checksum mismatch in record #{len(offsets)}", off)
-                if prev and idx != prev[1] + 1:
-                    raise CorruptStateError(path, f"record idx {idx} does not follow idx {prev[1]}", off)
-                if prev and term < prev[2]:
+                if offsets and idx != first + len(offsets):
+                    raise CorruptStateError(path, f"record idx {idx} does not follow idx "
+                                                  f"{first + len(offsets) - 1}", off)
+                if terms and term < terms[-1]:
                     raise CorruptStateError(path, f"record idx {idx} has term {term}, below the previous "
-                                                  f"term {prev[2]}", off)
+                                                  f"term {terms[-1]}", off)
                 if first is None:
                     first = idx
                 terms.append(term)
                 offsets.append(off)
-                prev = (None, idx, term)
                 off = end
                 continue
-        _check_torn_tail(path, buf, off, prev)
+        _check_torn_tail(path, buf, off, (first + len(offsets) - 1, terms[-1]) if offsets else None)
         break
     return first, terms, offsets, off
 

@@ -75,6 +75,9 @@ class RocksBackend:
                     break
                 yield k, it.value()
                 it.next()
+        self._check_status(it)
+
+    def _check_status(self, it) -> None:
         # A damaged block ends iteration without an exception; only status() tells.
         try:
             it.status()
@@ -108,10 +111,7 @@ class RocksBackend:
         while valid():
             n += 1
             step()
-        try:
-            it.status()
-        except Exception as e:  # rocksdict raises its own error type
-            raise StoreCorruptError(f"RocksDB read failed in {self.path}: {e}") from e
+        self._check_status(it)
         return n
 
     def checkpoint(self, path: str) -> None:

@@ -9,12 +9,9 @@ node's RSS climbed with the stream while what it used did not: after 1M messages
 from __future__ import annotations
 
 import ctypes
-import logging
 import threading
 import time
 from typing import Optional
-
-log = logging.getLogger("raftbroker.malloc")
 
 # Every thread that allocates gets its own arena (up to 8 per core), each keeping freed
 # memory of its own. Two arenas cut a node's RSS after 1M messages by ~10 %.

@@ -210,7 +210,8 @@ class _StateCollector:
                              ("raftbroker_raft_commit_index", "commit index", r["commit_index"]),
                              ("raftbroker_raft_applied_index", "applied index", r["applied_index"]),
                              ("raftbroker_raft_is_leader", "1 on the leader", 1 if r["role"] == "leader" else 0),
-                             ("raftbroker_raft_log_entries", "entries in the Raft log since its last compaction", r["log_len"])):
+                             ("raftbroker_raft_log_entries", "entries in the Raft log since its last compaction",
+                              r["log_len"])):
             g = _gauge(name, doc, lab)
             g.add_metric([st.server_name], v)
             yield g

@@ -22,8 +22,9 @@ from .logs import setup_logging
 log = logging.getLogger("raftbroker.node")
 
 # A node holds many long-lived objects (store records, consumer state, pysyncobj's
-# own) while each message makes short-lived ones that refcounting frees anyway. CPython's default thresholds (700, 10, 10) then rescan the long-lived
-# ones so often that the publish rate fell by a fifth as the stream grew.
+# own) while each message makes short-lived ones that refcounting frees anyway.
+# CPython's default thresholds (700, 10, 10) then rescan the long-lived ones so often
+# that the publish rate fell by a fifth as the stream grew.
 GC_THRESHOLDS = (100_000, 50, 1000)
 # An entry must stay well under pysyncobj's append batch, so a cluster takes smaller payloads.
 SINGLE_MAX_PAYLOAD = 8 * 1024 * 1024
