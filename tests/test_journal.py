@@ -3,6 +3,8 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -414,8 +416,6 @@ def test_a_slice_is_a_view_read_only_as_far_as_it_is_used(tmp_path, monkeypatch)
 
 
 def test_opening_a_big_journal_does_not_map_it_all_into_memory(tmp_path):
-    import subprocess
-    import sys
     j = reopen(tmp_path, sync=False)
     blob = os.urandom(200_000)
     for i in range(1, 401):            # ~80 MiB of log
@@ -425,8 +425,9 @@ def test_opening_a_big_journal_does_not_map_it_all_into_memory(tmp_path):
              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
              f"j = RaftJournal({str(tmp_path)!r}, sync=False); "
              "print(len(j), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+                         cwd=repo).stdout
     entries, grew_mib = map(int, out.split())
     assert entries == 400
     assert grew_mib < 40, out          # mapping the whole file grew it by ~80 MiB
